@@ -1,0 +1,34 @@
+"""Write-to-temporary-then-rename files: a bundle is either old or new, never half-written."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+
+class AtomicFile:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        self.handle = open(self.tmp, "w+b")  # noqa: SIM115 - closed by commit/abort
+
+    def commit(self) -> None:
+        self.handle.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+    def discard_and_remove_target(self) -> None:
+        """No content: drop the temporary file and any previous version of the target."""
+        self.abort()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass

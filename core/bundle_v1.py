@@ -1,0 +1,121 @@
+"""Compact Cache V1 bundles: `.bundle` records plus a column-major `.bundlx` index (spec §2)."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from .bundle_file import AtomicFile
+from .errors import CorruptCacheError
+from .file_store import ByteSource
+from .tiling_scheme import PACKET_SIZE
+
+SLOTS = PACKET_SIZE * PACKET_SIZE
+HEADER = struct.Struct("<4I3Q5I")
+SIZE_TABLE = 4 * SLOTS
+DATA_START = HEADER.size + SIZE_TABLE  # 65,596
+INDEX_HEADER = struct.pack("<4I", 3, 16, SLOTS, 5)
+INDEX_FOOTER = struct.pack("<4I", 0, 16, 16, 0)
+INDEX_FILE_SIZE = 16 + 5 * SLOTS + 16  # 81,952
+
+
+def _slot(row: int, col: int) -> int:
+    return (col % PACKET_SIZE) * PACKET_SIZE + row % PACKET_SIZE
+
+
+class BundleV1Reader:
+    def __init__(self, bundle: ByteSource, index: ByteSource, brow: int, bcol: int):
+        self._bundle, self.brow, self.bcol = bundle, brow, bcol
+        try:
+            if index.size < 16 + 5 * SLOTS:
+                raise CorruptCacheError(
+                    f"{index.name}: {index.size} bytes is too short for a .bundlx index "
+                    f"({INDEX_FILE_SIZE} expected)."
+                )
+            raw = index.pread(16, 5 * SLOTS)
+        finally:
+            index.close()
+        if bundle.size < HEADER.size:
+            raise CorruptCacheError(f"{bundle.name}: too short for a Compact V1 bundle.")
+        version, records, _, offset_bytes = HEADER.unpack(bundle.pread(0, HEADER.size))[:4]
+        if version != 3 or records != SLOTS or offset_bytes != 5:
+            raise CorruptCacheError(
+                f"{bundle.name}: not a Compact V1 bundle header (version {version}, records "
+                f"{records}, offset size {offset_bytes})."
+            )
+        self._offsets = [int.from_bytes(raw[i : i + 5], "little") for i in range(0, len(raw), 5)]
+        self._sizes: dict[int, int] = {}
+
+    def present(self) -> list[tuple[int, int]]:
+        tiles = []
+        for slot, offset in enumerate(self._offsets):
+            if offset < DATA_START:  # header or the zero size table: an empty slot
+                continue
+            size = struct.unpack("<I", self._bundle.pread(offset, 4))[0]
+            if not size:
+                continue
+            if offset + 4 + size > self._bundle.size:
+                raise CorruptCacheError(
+                    f"{self._bundle.name}: tile slot {slot} of {size} bytes at offset {offset} "
+                    f"runs past the end of the file ({self._bundle.size} bytes)."
+                )
+            self._sizes[slot] = size
+            tiles.append((self.brow + slot % PACKET_SIZE, self.bcol + slot // PACKET_SIZE))
+        tiles.sort()
+        return tiles
+
+    def read(self, row: int, col: int) -> bytes:
+        slot = _slot(row, col)
+        return self._bundle.pread(self._offsets[slot] + 4, self._sizes[slot])
+
+    def close(self) -> None:
+        self._bundle.close()
+
+
+class BundleV1Writer:
+    """Writes `.bundle` and `.bundlx` with ArcGIS's header values and empty-slot offsets."""
+
+    def __init__(self, bundle_path: Path, brow: int, bcol: int):
+        self._bundle = AtomicFile(bundle_path)
+        self._index = AtomicFile(bundle_path.with_suffix(".bundlx"))
+        self._brow, self._bcol = brow, bcol
+        self._offsets = [HEADER.size + 4 * slot for slot in range(SLOTS)]
+        self._bundle.handle.seek(HEADER.size)
+        self._bundle.handle.write(bytes(SIZE_TABLE))
+        self._end = DATA_START
+        self._largest = 0
+        self.count = 0
+
+    def add(self, row: int, col: int, data: bytes) -> None:
+        size = len(data)
+        if not 0 < size < 1 << 32:
+            raise CorruptCacheError(f"Tile R{row}/C{col} has an unsupported size {size}.")
+        self._bundle.handle.write(struct.pack("<I", size))
+        self._bundle.handle.write(data)
+        self._offsets[_slot(row, col)] = self._end
+        self._end += 4 + size
+        self._largest = max(self._largest, size)
+        self.count += 1
+
+    def commit(self) -> int:
+        if not self.count:
+            self._bundle.discard_and_remove_target()
+            self._index.discard_and_remove_target()
+            return 0
+        header = HEADER.pack(
+            3, SLOTS, self._largest, 5, 4 * self.count, self._end, 40, 16,
+            self._brow, self._brow + PACKET_SIZE - 1, self._bcol, self._bcol + PACKET_SIZE - 1,
+        )
+        self._bundle.handle.seek(0)
+        self._bundle.handle.write(header)
+        index = bytearray(INDEX_HEADER)
+        for offset in self._offsets:
+            index += offset.to_bytes(5, "little")
+        index += INDEX_FOOTER
+        self._index.handle.write(index)
+        self._bundle.commit()
+        self._index.commit()
+        return self._end + INDEX_FILE_SIZE
+
+    def abort(self) -> None:
+        self._bundle.abort()
+        self._index.abort()

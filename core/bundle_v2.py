@@ -1,0 +1,117 @@
+"""Compact Cache V2 bundles: 64-byte header, 16,384 u64 index entries, size-prefixed records.
+
+Byte layout and header profiles: spec §3. Readers validate what GDAL and ArcGIS rely on;
+writers stream records to a temporary file and rename it into place when complete.
+"""
+from __future__ import annotations
+
+import struct
+from array import array
+from pathlib import Path
+
+from .bundle_file import AtomicFile
+from .errors import CorruptCacheError
+from .file_store import ByteSource
+from .tiling_scheme import PACKET_SIZE
+
+SLOTS = PACKET_SIZE * PACKET_SIZE
+HEADER = struct.Struct("<4I3Q6I")
+INDEX_SIZE = 8 * SLOTS
+DATA_START = HEADER.size + INDEX_SIZE  # 131,136
+USER_HEADER_SIZE = 20 + INDEX_SIZE  # 131,092
+MAX_TILE = (1 << 24) - 1
+EMPTY_ENTRY = 4  # ArcGIS-observed value of an empty slot (offset 4, size 0)
+OFFSET_MASK = (1 << 40) - 1
+
+
+class BundleV2Reader:
+    """Tiles of one V2 bundle; `present()` validates the index against the file size."""
+
+    def __init__(self, source: ByteSource, brow: int, bcol: int):
+        self._source, self.brow, self.bcol = source, brow, bcol
+        if source.size < DATA_START:
+            raise CorruptCacheError(
+                f"{source.name}: {source.size} bytes is too short for a Compact V2 bundle "
+                f"(at least {DATA_START})."
+            )
+        header = HEADER.unpack(source.pread(0, HEADER.size))
+        version, _, _, offset_bytes, _, _, user_offset = header[:7]
+        if version != 3 or offset_bytes != 5 or user_offset != 40 or header[-1] != INDEX_SIZE:
+            raise CorruptCacheError(
+                f"{source.name}: not a Compact V2 bundle header (version {version}, offset size "
+                f"{offset_bytes}, index size {header[-1]})."
+            )
+        self._index = array("Q", source.pread(HEADER.size, INDEX_SIZE))
+        if array("H", [1]).tobytes() != b"\x01\x00":
+            self._index.byteswap()
+
+    def present(self) -> list[tuple[int, int]]:
+        tiles = []
+        for slot, entry in enumerate(self._index):
+            size = entry >> 40
+            if not size:
+                continue
+            offset = entry & OFFSET_MASK
+            if offset < 4 or offset + size > self._source.size:
+                raise CorruptCacheError(
+                    f"{self._source.name}: tile slot {slot} points at bytes {offset}-"
+                    f"{offset + size}, beyond the end of the file ({self._source.size} bytes)."
+                )
+            tiles.append((self.brow + slot // PACKET_SIZE, self.bcol + slot % PACKET_SIZE))
+        return tiles
+
+    def read(self, row: int, col: int) -> bytes:
+        entry = self._index[(row - self.brow) * PACKET_SIZE + (col - self.bcol)]
+        return self._source.pread(entry & OFFSET_MASK, entry >> 40)
+
+    def close(self) -> None:
+        self._source.close()
+
+
+class BundleV2Writer:
+    """Writes one bundle; `profile` "spec" suits GDAL's conf.xml reader, "arcgis" matches Pro."""
+
+    def __init__(self, path: Path, profile: str = "spec"):
+        self._file = AtomicFile(path)
+        self._profile = profile
+        self._index = array("Q", [EMPTY_ENTRY]) * SLOTS
+        self._file.handle.seek(DATA_START)
+        self._end = DATA_START
+        self._largest = 0
+        self.count = 0
+
+    def add(self, row: int, col: int, data: bytes) -> None:
+        size = len(data)
+        if not 0 < size <= MAX_TILE:
+            raise CorruptCacheError(f"Tile L?/R{row}/C{col} has an unsupported size {size}.")
+        self._file.handle.write(struct.pack("<I", size))
+        self._file.handle.write(data)
+        slot = (row % PACKET_SIZE) * PACKET_SIZE + col % PACKET_SIZE
+        self._index[slot] = (self._end + 4) | (size << 40)
+        self._end += 4 + size
+        self._largest = max(self._largest, size)
+        self.count += 1
+
+    def commit(self) -> int:
+        """Finish the file and move it into place; returns bytes written (0 = no tiles)."""
+        if not self.count:
+            self._file.discard_and_remove_target()
+            return 0
+        if self._profile == "arcgis":
+            header = (3, 0, max(USER_HEADER_SIZE, self._largest), 5, 0, self._end, 40,
+                      USER_HEADER_SIZE, 3, 0, SLOTS, 5, INDEX_SIZE)
+        else:
+            header = (3, SLOTS, self._largest, 5, 0, self._end, 40,
+                      USER_HEADER_SIZE, 3, 16, SLOTS, 5, INDEX_SIZE)
+        handle = self._file.handle
+        handle.seek(0)
+        handle.write(HEADER.pack(*header))
+        index = array("Q", self._index)
+        if array("H", [1]).tobytes() != b"\x01\x00":
+            index.byteswap()
+        handle.write(index.tobytes())
+        self._file.commit()
+        return self._end
+
+    def abort(self) -> None:
+        self._file.abort()

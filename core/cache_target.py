@@ -1,0 +1,281 @@
+"""Where an export writes: a cache dataset folder or a tile package, new or already there.
+
+New outputs are built in a hidden staging folder beside the target and moved into place only
+when complete, so a failed or canceled run leaves nothing half-written. An existing dataset is
+updated bundle by bundle in place, or (staged=True) through a staging copy committed at the end.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .bundle_file import AtomicFile
+from .cache_source import CacheSource, open_cache
+from .cache_storage import CompactV1Layout, CompactV2Layout, open_writer
+from .conf_xml import write_conf_cdi, write_conf_xml
+from .errors import CacheError
+from .file_store import DirStore, ZipStore
+from .geometry import Extent
+from .package_metadata import (
+    item_pkinfo,
+    iteminfo_json,
+    iteminfo_xml,
+    mapserver_json,
+    root_json,
+)
+from .thumbnail import draw_thumbnail
+from .tiling_scheme import StorageFormat, TilingScheme
+
+
+@dataclass
+class Finish:
+    """What the target needs to know at the end to write its metadata."""
+
+    scheme: TilingScheme
+    levels: list[int]  # levels that received tiles
+    extent: Extent
+    geographic_extent: Optional[Extent]
+    touched: set = field(default_factory=set)  # (level, brow, bcol) rewritten by the export
+    deferred_removals: list = field(default_factory=list)
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CacheError(
+            f"The target folder {str(folder)!r} cannot be written to "
+            f"({exc.strerror or exc}). Choose a folder you can write to."
+        ) from exc
+
+
+def _check_scheme(scheme: TilingScheme, existing: CacheSource, levels: list[int]) -> None:
+    differences = scheme.differences(existing.scheme, levels)
+    if differences:
+        raise CacheError(
+            f"The existing cache {str(existing.location)!r} has a different tiling scheme, so "
+            f"the export cannot be merged into it: {'; '.join(differences)}. Choose another "
+            "target folder or name."
+        )
+
+
+class Target:
+    storage: StorageFormat
+    output_path: Path
+    existing: Optional[CacheSource] = None
+    profile = "spec"
+
+    def __init__(self, work_alllayers: Path, final_alllayers: Optional[Path]):
+        self.work_alllayers = work_alllayers
+        self._final_alllayers = final_alllayers
+
+    def writer(self, level: int, brow: int, bcol: int):
+        return open_writer(
+            self.storage, self.work_alllayers, level, brow, bcol, self.profile,
+            self._final_alllayers,
+        )
+
+    def finish(self, done: Finish) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+def _merged_extent(done: Finish, existing: Optional[CacheSource]) -> Extent:
+    if existing is not None and existing.data_extent is not None:
+        return done.extent.union(existing.data_extent)
+    return done.extent
+
+
+class DatasetTarget(Target):
+    """`<target>/<name>/Layers/{conf.xml, conf.cdi, _alllayers}`."""
+
+    def __init__(self, target_dir: Path, name: str, storage: StorageFormat, staged: bool,
+                 scheme: TilingScheme, levels: list[int]):
+        self.storage = storage
+        _check_writable(target_dir)
+        self._folder = target_dir / name
+        self.output_path = self._folder / "Layers"
+        self._stage: Optional[Path] = None
+        if (self.output_path / "conf.xml").exists():
+            self.existing = open_cache(str(self.output_path))
+            _check_scheme(scheme.with_storage(storage), self.existing, levels)
+            final = Path(self.existing.location) / self.existing.layout.prefix
+            if staged:
+                self._stage = target_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
+                super().__init__(self._stage / "Layers" / "_alllayers", final)
+            else:
+                super().__init__(final, None)
+        else:
+            if self._folder.exists() and any(self._folder.iterdir()):
+                raise CacheError(
+                    f"{str(self._folder)!r} exists and is not a cache dataset (no "
+                    "Layers/conf.xml). Choose another target folder, or empty it."
+                )
+            self._stage = target_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
+            super().__init__(self._stage / "Layers" / "_alllayers", None)
+
+    def finish(self, done: Finish) -> None:
+        scheme = done.scheme.with_storage(self.storage)
+        extent = _merged_extent(done, self.existing)
+        if self.existing is None:
+            layers = self._stage / "Layers"
+            layers.mkdir(parents=True, exist_ok=True)
+            (layers / "_alllayers").mkdir(exist_ok=True)
+            lods = scheme.gdal_readable_lods(done.levels)
+            (layers / "conf.xml").write_bytes(write_conf_xml(scheme, lods))
+            (layers / "conf.cdi").write_bytes(write_conf_cdi(extent, scheme.spatial_reference))
+            if self._folder.exists():
+                self._folder.rmdir()
+            os.replace(self._stage, self._folder)
+            self._stage = None
+            return
+        if self._stage is not None:
+            _move_tree(self._stage / "Layers" / "_alllayers", self._final_alllayers)
+            shutil.rmtree(self._stage)
+            self._stage = None
+        for path in done.deferred_removals:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        out = AtomicFile(Path(self.existing.location) / "conf.cdi")
+        out.handle.write(write_conf_cdi(extent, self.existing.scheme.spatial_reference))
+        out.commit()
+        self.existing.close()
+
+    def abort(self) -> None:
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
+        if self.existing is not None:
+            self.existing.close()
+
+
+def _move_tree(source: Path, destination: Path) -> None:
+    for folder, _, files in os.walk(source):
+        relative = Path(folder).relative_to(source)
+        (destination / relative).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            os.replace(Path(folder) / name, destination / relative / name)
+
+
+class PackageTarget(Target):
+    """`<target>/<name>.tpk` (Compact V1) or `<target>/<name>.tpkx` (Compact V2)."""
+
+    def __init__(self, target_dir: Path, name: str, storage: StorageFormat,
+                 scheme: TilingScheme, levels: list[int]):
+        if storage is StorageFormat.EXPLODED:
+            raise CacheError(
+                "A tile package cannot hold an Exploded cache: choose COMPACT (.tpk) or "
+                "COMPACT_V2 (.tpkx) as STORAGE_FORMAT_TYPE, or CACHE_DATASET as "
+                "EXPORT_CACHE_TYPE."
+            )
+        self.storage = storage
+        self.profile = "arcgis"
+        self._v2 = storage is StorageFormat.COMPACT_V2
+        self._name = name
+        _check_writable(target_dir)
+        self.output_path = target_dir / (name + (".tpkx" if self._v2 else ".tpk"))
+        if self.output_path.exists():
+            self.existing = open_cache(str(self.output_path))
+            _check_scheme(scheme.with_storage(storage), self.existing, levels)
+        self._stage: Optional[Path] = target_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
+        alllayers = self._stage / ("tile" if self._v2 else "v101/Layers/_alllayers")
+        super().__init__(alllayers, None)
+
+    def finish(self, done: Finish) -> None:
+        scheme = done.scheme.with_storage(self.storage)
+        extent = _merged_extent(done, self.existing)
+        levels = set(done.levels)
+        if self.existing is not None:
+            levels.update(self.existing.layout.levels())
+        layout_cls = CompactV2Layout if self._v2 else CompactV1Layout
+        staged = layout_cls(DirStore(self.work_alllayers), "")
+        thumbnail = draw_thumbnail(staged, done.levels, (scheme.tile_cols, scheme.tile_rows))
+        partial = self.output_path.with_name(f".{self.output_path.name}.{uuid.uuid4().hex[:8]}")
+        try:
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as out:
+                for arcname, data in self._metadata(scheme, sorted(levels), extent, done,
+                                                    thumbnail):
+                    out.writestr(_info(arcname), data)
+                prefix = "tile" if self._v2 else "v101/Layers/_alllayers"
+                for level in sorted(levels):
+                    self._write_level(out, prefix, level, staged, done.touched)
+            os.replace(partial, self.output_path)
+        except BaseException:
+            if partial.exists():
+                partial.unlink()
+            raise
+        finally:
+            if self.existing is not None:
+                self.existing.close()
+        shutil.rmtree(self._stage)
+        self._stage = None
+
+    def _metadata(self, scheme, levels, extent, done: Finish, thumbnail: bytes):
+        name = self._name
+        if self._v2:
+            return [
+                ("iteminfo.json", iteminfo_json(name, done.geographic_extent)),
+                ("root.json", root_json(scheme, name, levels[0], levels[-1], extent)),
+                ("thumbnail.png", thumbnail),
+            ]
+        lods = scheme.lods
+        return [
+            ("esriinfo/item.pkinfo", item_pkinfo(name)),
+            ("esriinfo/iteminfo.xml", iteminfo_xml(
+                name, done.geographic_extent, scheme.spatial_reference.describe())),
+            ("esriinfo/thumbnail/thumbnail.png", thumbnail),
+            ("servicedescriptions/mapserver/mapserver.json",
+             mapserver_json(scheme, name, extent, done.geographic_extent)),
+            ("v101/Layers/conf.cdi", write_conf_cdi(extent, scheme.spatial_reference)),
+            ("v101/Layers/conf.xml", write_conf_xml(scheme, lods)),
+        ]
+
+    def _write_level(self, out: zipfile.ZipFile, prefix: str, level: int, staged, touched):
+        keys = set(staged.bundle_keys(level, None))
+        old = self.existing.layout if self.existing is not None else None
+        if old is not None:
+            keys.update(k for k in old.bundle_keys(level, None) if (level, *k) not in touched)
+        folder = "L%02d" % level
+        for brow, bcol in sorted(keys):
+            stem = "R%04xC%04x" % (brow, bcol)
+            suffixes = (".bundle",) if self._v2 else (".bundle", ".bundlx")
+            if (level, brow, bcol) in touched:
+                for suffix in suffixes:
+                    path = self.work_alllayers / folder / (stem + suffix)
+                    if path.exists():
+                        out.write(path, f"{prefix}/{folder}/{stem}{suffix}")
+                continue
+            store = old.store
+            assert isinstance(store, ZipStore)
+            for member, suffix in zip(old.member_paths(level, brow, bcol), suffixes):
+                info = _info(f"{prefix}/{folder}/{stem}{suffix}")
+                info.file_size = store.info(member).file_size
+                with out.open(info, "w", force_zip64=info.file_size > 0x7FFFFFFF) as dst:
+                    store.copy_member(member, dst)
+
+    def abort(self) -> None:
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
+        if self.existing is not None:
+            self.existing.close()
+
+
+def _info(arcname: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(arcname, time.localtime()[:6])
+    info.compress_type = zipfile.ZIP_STORED
+    info.create_system = 0
+    return info

@@ -1,0 +1,298 @@
+"""Running an export: plan the bundles, copy tiles bundle by bundle in a worker pool, commit.
+
+Tiles are copied as bytes (never decoded); each 128x128 bundle of the target is written by
+exactly one worker, so no two threads ever share a bundle file. Only the bundle list of the
+export is held in memory, never a level's tiles.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from .cache_source import CacheSource
+from .cache_storage import ExplodedBlockWriter
+from .cache_target import DatasetTarget, Finish, PackageTarget, Target
+from .errors import CacheError, ExportCanceled
+from .geometry import Extent
+from .selection import Coverage, Selection
+from .spatial_reference import geographic_extent
+from .tiling_scheme import StorageFormat, TileRange
+
+CANCEL_CHECK_EVERY = 256
+MAX_AUTO_WORKERS = 8
+
+
+@dataclass
+class ExportOptions:
+    target_dir: Path
+    storage: StorageFormat
+    package: bool = False
+    overwrite: bool = False
+    staged: bool = False
+    workers: int = -1
+    name: Optional[str] = None
+    geographic_extent: Optional[Extent] = None  # lon/lat of the export, for package metadata
+
+
+@dataclass
+class LevelResult:
+    level: int
+    tiles: int = 0
+    bytes: int = 0
+    bundles: int = 0
+
+
+@dataclass
+class ExportResult:
+    output_path: Path
+    tile_count: int
+    byte_count: int
+    seconds: float
+    levels: list[LevelResult] = field(default_factory=list)
+
+
+@dataclass
+class _TaskResult:
+    level: int
+    brow: int
+    bcol: int
+    tiles: int
+    bytes: int
+    tile_range: Optional[TileRange]
+    touched: bool
+    removals: list
+
+
+def auto_workers() -> int:
+    return max(2, min(MAX_AUTO_WORKERS, os.cpu_count() or 2))
+
+
+def plan_bundles(
+    source: CacheSource,
+    levels: list[int],
+    selection: Selection,
+    existing: Optional[CacheSource] = None,
+    overwrite: bool = False,
+) -> list[tuple[int, int, int]]:
+    """Bundles (level, row, col) the export visits: the source's, plus, when overwriting, the
+    target's inside the selection (their selected tiles are replaced, so possibly removed)."""
+    tasks = []
+    source_levels = source.layout.levels()
+    for level in levels:
+        window = selection.window(level)
+        keys = set()
+        if level in source_levels:
+            keys.update(source.layout.bundle_keys(level, window))
+        if overwrite and existing is not None and level in existing.layout.levels():
+            keys.update(existing.layout.bundle_keys(level, window))
+        for brow, bcol in sorted(keys):
+            if selection.bundle_coverage(level, brow, bcol) is not Coverage.NONE:
+                tasks.append((level, brow, bcol))
+    return tasks
+
+
+def _describe_extent(source: CacheSource) -> str:
+    if source.data_extent is None:
+        return ""
+    e = source.data_extent
+    return f" The cache covers {e.xmin:.6g}, {e.ymin:.6g}, {e.xmax:.6g}, {e.ymax:.6g} in its CRS."
+
+
+class Exporter:
+    """One export from `source` with the given selection; call `run()` once."""
+
+    def __init__(
+        self,
+        source: CacheSource,
+        levels: list[int],
+        selection: Selection,
+        options: ExportOptions,
+        progress: Optional[Callable[[float], None]] = None,
+        is_canceled: Optional[Callable[[], bool]] = None,
+    ):
+        self.source, self.levels, self.selection, self.options = source, levels, selection, options
+        self._progress = progress or (lambda fraction: None)
+        self._is_canceled = is_canceled or (lambda: False)
+        self._stop = threading.Event()
+
+    def _target(self) -> Target:
+        name = self.options.name or self.source.name
+        scheme = self.source.scheme
+        if self.options.package:
+            return PackageTarget(self.options.target_dir, name, self.options.storage, scheme,
+                                 self.levels)
+        return DatasetTarget(self.options.target_dir, name, self.options.storage,
+                             self.options.staged, scheme, self.levels)
+
+    def run(self) -> ExportResult:
+        started = time.monotonic()
+        if not plan_bundles(self.source, self.levels, self.selection):
+            raise CacheError(
+                "The export extent or area of interest does not overlap any tile of the cache "
+                f"at the chosen levels ({_levels_text(self.levels)}); nothing was written."
+                + _describe_extent(self.source)
+            )
+        target = self._target()
+        try:
+            if target.existing is not None and _same_place(self.source, target):
+                raise CacheError("The target is the input cache itself; choose another target.")
+            tasks = plan_bundles(self.source, self.levels, self.selection, target.existing,
+                                 self.options.overwrite)
+            results = self._run_tasks(target, tasks)
+            per_level = {level: LevelResult(level) for level in self.levels}
+            finish = Finish(self.source.scheme, [], Extent(0, 0, 0, 0), None)
+            extent: Optional[Extent] = None
+            for result in results:
+                summary = per_level[result.level]
+                summary.tiles += result.tiles
+                summary.bytes += result.bytes
+                summary.bundles += 1 if result.tiles else 0
+                if result.touched:
+                    finish.touched.add((result.level, result.brow, result.bcol))
+                finish.deferred_removals.extend(result.removals)
+                if result.tile_range is not None:
+                    tile_extent = self.source.scheme.range_extent(result.level, result.tile_range)
+                    extent = tile_extent.union(extent)
+            total = sum(s.tiles for s in per_level.values())
+            if total == 0 and target.existing is None:
+                raise CacheError(
+                    "No tile of the cache lies in the export extent or area of interest at the "
+                    f"chosen levels ({_levels_text(self.levels)}); nothing was written."
+                    + _describe_extent(self.source)
+                )
+            finish.levels = [s.level for s in per_level.values() if s.tiles]
+            finish.extent = self._data_extent(extent)
+            finish.geographic_extent = self.options.geographic_extent or geographic_extent(
+                finish.extent, self.source.scheme.spatial_reference
+            )
+            if self._is_canceled():
+                raise ExportCanceled("The export was canceled; the target was left unchanged.")
+            target.finish(finish)
+        except BaseException:
+            target.abort()
+            raise
+        return ExportResult(
+            output_path=target.output_path,
+            tile_count=total,
+            byte_count=sum(s.bytes for s in per_level.values()),
+            seconds=time.monotonic() - started,
+            levels=[per_level[level] for level in self.levels],
+        )
+
+    def _data_extent(self, tiles_extent: Optional[Extent]) -> Extent:
+        """The exported tiles' bounds, trimmed to the request and to the source's data extent."""
+        extent = tiles_extent or self.source.data_extent or Extent(0, 0, 1, 1)
+        for limit in (self.selection.bounds(), self.source.data_extent):
+            if limit is not None:
+                extent = extent.intersection(limit) or extent
+        return extent
+
+    def _run_tasks(self, target: Target, tasks: list[tuple[int, int, int]]) -> list[_TaskResult]:
+        workers = self.options.workers if self.options.workers > 0 else auto_workers()
+        results: list[_TaskResult] = []
+        pending: set[Future] = set()
+        queue = iter(tasks)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="export") as pool:
+            try:
+                while True:
+                    while len(pending) < workers * 2:
+                        task = next(queue, None)
+                        if task is None:
+                            break
+                        pending.add(pool.submit(self._run_bundle, target, *task))
+                    if not pending:
+                        break
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        results.append(future.result())
+                    if self._is_canceled():
+                        raise ExportCanceled(
+                            "The export was canceled; the target was left unchanged."
+                        )
+                    self._progress(len(results) / len(tasks))
+            except BaseException:
+                self._stop.set()
+                for future in pending:
+                    future.cancel()
+                raise
+        return results
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise ExportCanceled("The export was stopped.")
+
+    def _run_bundle(self, target: Target, level: int, brow: int, bcol: int) -> _TaskResult:
+        self._check_stop()
+        source = self.source.layout.open_bundle(level, brow, bcol)
+        old = None
+        if target.existing is not None:
+            old = target.existing.layout.open_bundle(level, brow, bcol)
+        try:
+            return self._copy_bundle(target, level, brow, bcol, source, old)
+        finally:
+            for reader in (source, old):
+                if reader is not None:
+                    reader.close()
+
+    def _copy_bundle(self, target, level, brow, bcol, source, old) -> _TaskResult:
+        coverage = self.selection.bundle_coverage(level, brow, bcol)
+
+        def selected(key: tuple[int, int]) -> bool:
+            return coverage is Coverage.ALL or self.selection.contains(level, *key)
+
+        exported = [key for key in source.present() if selected(key)] if source else []
+        exported_set = set(exported)
+        kept, removed = [], []
+        for key in old.present() if old else []:
+            if key in exported_set:
+                continue
+            if selected(key) and self.options.overwrite:
+                removed.append(key)
+            else:
+                kept.append(key)
+        result = _TaskResult(level, brow, bcol, len(exported), 0, None, False, [])
+        if not exported and not removed:
+            return result
+        if exported:
+            rows = [r for r, _ in exported]
+            cols = [c for _, c in exported]
+            result.tile_range = TileRange(min(rows), max(rows), min(cols), max(cols))
+        writer = target.writer(level, brow, bcol)
+        try:
+            if isinstance(writer, ExplodedBlockWriter):
+                order, carry_over = exported, ()
+                for key in removed:
+                    writer.remove(*key)
+            else:
+                order, carry_over = sorted(exported_set.union(kept)), kept
+            carry = set(carry_over)
+            for number, key in enumerate(order):
+                if number % CANCEL_CHECK_EVERY == 0:
+                    self._check_stop()
+                data = old.read(*key) if key in carry else source.read(*key)
+                if key not in carry:
+                    result.bytes += len(data)
+                writer.add(key[0], key[1], data)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        result.touched = True
+        result.removals = getattr(writer, "deferred_removals", [])
+        return result
+
+
+def _levels_text(levels: list[int]) -> str:
+    return ",".join(map(str, levels))
+
+
+def _same_place(source: CacheSource, target: Target) -> bool:
+    try:
+        return Path(source.location).resolve() == Path(target.existing.location).resolve()
+    except OSError:
+        return False

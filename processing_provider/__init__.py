@@ -1,0 +1,1 @@
+"""The Processing provider `mapservercache` and its algorithm."""

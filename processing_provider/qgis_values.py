@@ -1,0 +1,92 @@
+"""QGIS values -> plain engine values: the cache's CRS, extents and AOI geometry in that CRS."""
+from __future__ import annotations
+
+from typing import Optional
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsCsException,
+    QgsFeatureRequest,
+    QgsGeometry,
+    QgsProcessingException,
+    QgsProcessingFeatureSource,
+    QgsProject,
+    QgsRectangle,
+    QgsWkbTypes,
+)
+
+from ..core.geometry import Extent
+from ..core.spatial_reference import SpatialReference
+
+WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
+
+
+def cache_crs(sr: SpatialReference) -> QgsCoordinateReferenceSystem:
+    """The cache's CRS: latest WKID, then WKID (EPSG, else ESRI authority), then its WKT."""
+    for code in (sr.latest_wkid, sr.wkid):
+        if code is None:
+            continue
+        if sr.is_web_mercator:
+            return QgsCoordinateReferenceSystem("EPSG:3857")
+        for authority in ("EPSG", "ESRI"):
+            crs = QgsCoordinateReferenceSystem(f"{authority}:{code}")
+            if crs.isValid():
+                return crs
+    if sr.wkt:
+        crs = QgsCoordinateReferenceSystem.fromWkt(sr.wkt)
+        if crs.isValid():
+            return crs
+    raise QgsProcessingException(
+        f"The cache's coordinate system ({sr.describe()}) is not known to QGIS, so an extent or "
+        "area of interest cannot be converted into it. Export without EXPORT_EXTENT and "
+        "AREA_OF_INTEREST, or fix the cache's WKT."
+    )
+
+
+def to_extent(rect: QgsRectangle) -> Extent:
+    return Extent(rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+
+
+def aoi_wkb(source: QgsProcessingFeatureSource, crs: QgsCoordinateReferenceSystem,
+            context) -> bytes:
+    """The union of the AOI's polygons, transformed by QGIS into the cache's CRS, as WKB."""
+    if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
+        raise QgsProcessingException(
+            "AREA_OF_INTEREST must be a polygon layer; the layer given has "
+            f"{QgsWkbTypes.displayString(source.wkbType())} geometries."
+        )
+    request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
+    request.setNoAttributes()
+    parts = []
+    try:
+        for feature in source.getFeatures(request):
+            geometry = feature.geometry()
+            if not geometry.isNull() and not geometry.isEmpty():
+                parts.append(geometry)
+    except QgsCsException as exc:
+        raise QgsProcessingException(
+            f"The area of interest cannot be transformed into the cache's CRS ({exc})."
+        ) from exc
+    if not parts:
+        raise QgsProcessingException("AREA_OF_INTEREST has no polygon to export.")
+    union = QgsGeometry.unaryUnion(parts)
+    if union.isNull() or union.isEmpty():
+        raise QgsProcessingException("AREA_OF_INTEREST has no polygon area to export.")
+    if QgsWkbTypes.isCurvedType(union.wkbType()):
+        union = QgsGeometry(union.constGet().segmentize())
+    return bytes(union.asWkb())
+
+
+def lonlat_extent(extent: Optional[Extent], crs: QgsCoordinateReferenceSystem) -> Optional[Extent]:
+    """Longitude/latitude bounds for package metadata; None when QGIS cannot transform them."""
+    if extent is None:
+        return None
+    transform = QgsCoordinateTransform(crs, WGS84, QgsProject.instance())
+    try:
+        rect = transform.transformBoundingBox(
+            QgsRectangle(extent.xmin, extent.ymin, extent.xmax, extent.ymax)
+        )
+    except QgsCsException:
+        return None
+    return to_extent(rect) if rect.isFinite() and not rect.isEmpty() else None
