@@ -20,15 +20,9 @@ class AtomicFile:
     def abort(self) -> None:
         if not self.handle.closed:
             self.handle.close()
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
+        self.tmp.unlink(missing_ok=True)
 
     def discard_and_remove_target(self) -> None:
         """No content: drop the temporary file and any previous version of the target."""
         self.abort()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self.path.unlink(missing_ok=True)

@@ -47,7 +47,10 @@ def open_cache(path: str) -> CacheSource:
     location = Path(path).expanduser()
     try:
         if not location.exists():
-            raise CacheError(f"The input {path!r} does not exist.")
+            raise CacheError(
+                f"The input {path!r} does not exist. Check the path: INPUT_SERVICE takes a cache "
+                "dataset folder, a conf.xml, a .tpk or a .tpkx."
+            )
         if location.is_dir():
             return _open_dataset_folder(location)
         if location.name.lower() == "conf.xml":
@@ -55,9 +58,15 @@ def open_cache(path: str) -> CacheSource:
         if location.suffix.lower() in PACKAGE_SUFFIXES or zipfile.is_zipfile(location):
             return _open_package(location)
     except PermissionError as exc:
-        raise CacheError(f"The input {path!r} cannot be read: permission denied.") from exc
+        raise CacheError(
+            f"The input {path!r} cannot be read: permission denied. Give your user read access "
+            "to the cache, or copy it somewhere readable."
+        ) from exc
     except OSError as exc:
-        raise CacheError(f"The input {path!r} cannot be read: {exc.strerror or exc}.") from exc
+        raise CacheError(
+            f"The input {path!r} cannot be read: {exc.strerror or exc} ({exc.filename}). Check "
+            "that the cache's files are complete and readable."
+        ) from exc
     raise CacheError(
         f"The input {path!r} is not a cache: give a cache dataset folder (with conf.xml), "
         "a conf.xml file, a .tpk or a .tpkx tile package."
@@ -137,7 +146,8 @@ def _read_package(path: Path, store: ZipStore) -> CacheSource:
     if not confs:
         raise CacheError(
             f"{str(path)!r} is a zip archive but not a tile package: it has neither root.json "
-            "(.tpkx) nor v101/<root>/conf.xml (.tpk)."
+            "(.tpkx) nor v101/<root>/conf.xml (.tpk). Give a tile package made by ArcGIS or by "
+            "this tool, or a cache dataset folder."
         )
     folder = posixpath.dirname(confs[0])
     scheme = parse_conf_xml(store.read(confs[0]), f"{path}!{confs[0]}")

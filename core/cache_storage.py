@@ -5,7 +5,6 @@ it hands out, for exploded caches too, so the exporter treats every format the s
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Optional, Protocol, Union
@@ -278,10 +277,7 @@ class ExplodedBlockWriter:
             if self._final_dir is not None:
                 self.deferred_removals.append(self._tile_path(row, col, ext, self._final_dir))
                 continue
-            try:
-                os.unlink(self._tile_path(row, col, ext))
-            except FileNotFoundError:
-                pass
+            self._tile_path(row, col, ext).unlink(missing_ok=True)
 
     def commit(self) -> int:
         return 0

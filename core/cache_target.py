@@ -58,9 +58,20 @@ def _check_writable(folder: Path) -> None:
         ) from exc
 
 
+def _open_existing(path: Path) -> CacheSource:
+    try:
+        return open_cache(str(path))
+    except CacheError as exc:
+        raise CacheError(
+            f"The target {str(path)!r} already exists but is not a cache this export can update "
+            f"({exc}). Move or delete it, or choose another target folder."
+        ) from exc
+
+
 def _check_scheme(scheme: TilingScheme, existing: CacheSource, levels: list[int]) -> None:
     differences = scheme.differences(existing.scheme, levels)
     if differences:
+        existing.close()
         raise CacheError(
             f"The existing cache {str(existing.location)!r} has a different tiling scheme, so "
             f"the export cannot be merged into it: {'; '.join(differences)}. Choose another "
@@ -108,7 +119,7 @@ class DatasetTarget(Target):
         self.output_path = self._folder / "Layers"
         self._stage: Optional[Path] = None
         if (self.output_path / "conf.xml").exists():
-            self.existing = open_cache(str(self.output_path))
+            self.existing = _open_existing(self.output_path)
             _check_scheme(scheme.with_storage(storage), self.existing, levels)
             final = Path(self.existing.location) / self.existing.layout.prefix
             if staged:
@@ -145,10 +156,7 @@ class DatasetTarget(Target):
             shutil.rmtree(self._stage)
             self._stage = None
         for path in done.deferred_removals:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            Path(path).unlink(missing_ok=True)
         out = AtomicFile(Path(self.existing.location) / "conf.cdi")
         out.handle.write(write_conf_cdi(extent, self.existing.scheme.spatial_reference))
         out.commit()
@@ -188,7 +196,7 @@ class PackageTarget(Target):
         _check_writable(target_dir)
         self.output_path = target_dir / (name + (".tpkx" if self._v2 else ".tpk"))
         if self.output_path.exists():
-            self.existing = open_cache(str(self.output_path))
+            self.existing = _open_existing(self.output_path)
             _check_scheme(scheme.with_storage(storage), self.existing, levels)
         self._stage: Optional[Path] = target_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
         alllayers = self._stage / ("tile" if self._v2 else "v101/Layers/_alllayers")

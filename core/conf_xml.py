@@ -42,7 +42,10 @@ def _parse_xml(data: bytes, what: str) -> ET.Element:
     try:
         return ET.fromstring(data)
     except ET.ParseError as exc:
-        raise CacheError(f"{what} is not valid XML ({exc}).") from exc
+        raise CacheError(
+            f"{what} is not valid XML ({exc}). The file is damaged: restore it from the "
+            "original cache."
+        ) from exc
 
 
 def _float(element: ET.Element, path: str, what: str, default: Optional[float] = None) -> float:

@@ -8,6 +8,14 @@ class CacheError(Exception):
 class CorruptCacheError(CacheError):
     """A cache file whose bytes do not follow the format."""
 
+    ADVICE = (
+        " The input cache is damaged: copy the file again from the original cache, or leave "
+        "its level or area out of the export."
+    )
+
+    def __str__(self) -> str:
+        return super().__str__() + self.ADVICE
+
 
 class ExportCanceled(CacheError):
     """The user canceled the export; nothing half-written is left behind."""

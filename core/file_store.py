@@ -100,7 +100,10 @@ class ZipStore:
         try:
             self._zip = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError) as exc:
-            raise CacheError(f"{self.path} is not a readable zip archive ({exc}).") from exc
+            raise CacheError(
+                f"{self.path} is not a readable zip archive ({exc}). Tile packages are zip files: "
+                "this one is incomplete or of another kind; copy or download it again."
+            ) from exc
         self._lock = threading.Lock()
         self._infos: dict[str, zipfile.ZipInfo] = {}
         self._dirs: dict[str, list[str]] = {}

@@ -106,7 +106,7 @@ def item_pkinfo(name: str) -> bytes:
         "<size>-1</size>\r\n<created></created>\r\n<type>Tile Package</type>\r\n"
         "<servable>false</servable>\r\n<packagelocation></packagelocation>\r\n"
         "<pkinfolocation></pkinfolocation>\r\n</pkinfo>\r\n"
-    ).encode("utf-8")
+    ).encode()
 
 
 def iteminfo_xml(name: str, geographic: Optional[Extent], crs_name: str) -> bytes:
@@ -127,7 +127,7 @@ def iteminfo_xml(name: str, geographic: Optional[Extent], crs_name: str) -> byte
         f"<spatialreference>{escape(crs_name)}</spatialreference>"
         "<accessinformation></accessinformation><licenseinfo></licenseinfo>"
         "</ESRI_ItemInformation>"
-    ).encode("utf-8")
+    ).encode()
 
 
 def mapserver_json(

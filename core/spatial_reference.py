@@ -135,7 +135,7 @@ class SpatialReference:
         if not data:
             return cls()
         domain = tuple(
-            (xml_key, repr(float(data[json_key])))
+            (xml_key, _decimal(float(data[json_key])))
             for xml_key, json_key in DOMAIN_KEYS
             if isinstance(data.get(json_key), (int, float))
         )
@@ -165,6 +165,11 @@ def geographic_extent(extent: Extent, sr: SpatialReference) -> Optional[Extent]:
             min(extent.xmax, 180.0), min(extent.ymax, 90.0),
         )
     return None
+
+
+def _decimal(value: float) -> str:
+    """Shortest round-tripping text, integers without '.0' (as ArcGIS writes them)."""
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
 def _number(text: str):

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Optional
+from typing import Optional
 
 from .errors import CacheError
 from .geometry import Extent
@@ -153,9 +154,8 @@ class TilingScheme:
                 f"({other.origin_x!r}, {other.origin_y!r})"
             )
         if (self.tile_cols, self.tile_rows) != (other.tile_cols, other.tile_rows):
-            found.append(
-                f"tile size {self.tile_cols}x{self.tile_rows} vs {other.tile_cols}x{other.tile_rows}"
-            )
+            mine, theirs = (self.tile_cols, self.tile_rows), (other.tile_cols, other.tile_rows)
+            found.append("tile size %dx%d vs %dx%d" % (*mine, *theirs))
         if self.storage_format != other.storage_format:
             found.append(
                 f"storage format {self.storage_format.label} vs {other.storage_format.label}"
@@ -172,7 +172,7 @@ class TilingScheme:
         return found
 
     def gdal_readable_lods(self, keep_levels: Iterable[int] = ()) -> tuple[Lod, ...]:
-        """The LODs minus trailing ones GDAL cannot open (spec §9.2), unless they hold tiles."""
+        """The LODs without trailing ones GDAL cannot open (spec §9.2) unless they hold tiles."""
         keep = set(keep_levels)
         width = 2 * max(abs(self.origin_x), abs(self.origin_y))
         lods = list(self.lods)

@@ -1,4 +1,5 @@
-"""`mapservercache:exportmapservercache`: a thin adapter from Processing parameters to the engine."""
+"""`mapservercache:exportmapservercache`: a thin adapter from Processing parameters to the engine.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,8 @@ Server Cache" tool does. Tiles are copied byte for byte; nothing is re-encoded.<
 <p><b>Input cache</b> (INPUT_SERVICE): a cache dataset folder (the folder holding conf.xml and
 _alllayers, or the ArcGIS Server cache folder above Layers), a conf.xml file, a .tpk or a .tpkx.</p>
 <p><b>Target folder</b> (TARGET_CACHE_PATH): created if missing. A cache dataset is written to
-&lt;folder&gt;/&lt;name&gt;/Layers, a package to &lt;folder&gt;/&lt;name&gt;.tpk(x); &lt;name&gt; is the input's
-name.</p>
+&lt;folder&gt;/&lt;name&gt;/Layers, a package to &lt;folder&gt;/&lt;name&gt;.tpk(x);
+&lt;name&gt; is the input's name.</p>
 <p><b>Export cache type</b> (EXPORT_CACHE_TYPE): CACHE_DATASET or TILE_PACKAGE.</p>
 <p><b>Copy data then move into place</b> (COPY_DATA_FROM_SERVER): when exporting into an existing
 cache, write every changed bundle to a staging folder first and move them into place only when the
@@ -154,7 +155,8 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         if package and storage is StorageFormat.EXPLODED:
             raise QgsProcessingException(
                 "A tile package cannot hold an Exploded cache: choose COMPACT (.tpk) or "
-                "COMPACT_V2 (.tpkx) as the storage format, or export a CACHE_DATASET.")
+                "COMPACT_V2 (.tpkx) as the storage format, or export a CACHE_DATASET."
+            )
         target = self.parameterAsString(parameters, self.TARGET_CACHE_PATH, context)
         workers = self.parameterAsInt(parameters, self.NUM_OF_CACHING_SERVICE_INSTANCES, context)
 
@@ -196,8 +198,11 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(
             f"Exported {result.tile_count} tiles ({result.byte_count} bytes) in "
             f"{result.seconds:.2f} s ({rate:.0f} tiles/s) to {result.output_path}")
-        return {self.OUTPUT_CACHE_PATH: str(result.output_path),
-                self.TILE_COUNT: result.tile_count}
+        return {
+            self.TARGET_CACHE_PATH: target,
+            self.OUTPUT_CACHE_PATH: str(result.output_path),
+            self.TILE_COUNT: result.tile_count,
+        }
 
     def _selection(self, parameters, context, feedback, scheme) -> Selection:
         has_aoi = parameters.get(self.AREA_OF_INTEREST) not in (None, "")
