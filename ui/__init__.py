@@ -1,0 +1,1 @@
+"""Processing widget wrappers (custom parameter widgets) live here."""
