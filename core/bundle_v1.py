@@ -63,9 +63,15 @@ class BundleV1Reader:
         tiles.sort()
         return tiles
 
-    def read(self, row: int, col: int) -> bytes:
+    def locate(self, row: int, col: int) -> tuple[int, int]:
         slot = _slot(row, col)
-        return self._bundle.pread(self._offsets[slot] + 4, self._sizes[slot])
+        return self._offsets[slot] + 4, self._sizes[slot]
+
+    def read(self, row: int, col: int) -> bytes:
+        return self._bundle.pread(*self.locate(row, col))
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self._bundle.pread(offset, length)
 
     def close(self) -> None:
         self._bundle.close()
@@ -86,15 +92,18 @@ class BundleV1Writer:
         self.count = 0
 
     def add(self, row: int, col: int, data: bytes) -> None:
-        size = len(data)
-        if not 0 < size < 1 << 32:
-            raise CorruptCacheError(f"Tile R{row}/C{col} has an unsupported size {size}.")
-        self._bundle.handle.write(struct.pack("<I", size))
-        self._bundle.handle.write(data)
-        self._offsets[_slot(row, col)] = self._end
-        self._end += 4 + size
-        self._largest = max(self._largest, size)
-        self.count += 1
+        self.add_records(struct.pack("<I", len(data)) + data, [(row, col, 4, len(data))])
+
+    def add_records(self, blob: bytes, entries: list[tuple[int, int, int, int]]) -> None:
+        """Append size-prefixed records; entries are (row, col, data offset in blob, size)."""
+        for row, col, offset, size in entries:
+            if not 0 < size < 1 << 32:
+                raise CorruptCacheError(f"Tile R{row}/C{col} has an unsupported size {size}.")
+            self._offsets[_slot(row, col)] = self._end + offset - 4
+            self._largest = max(self._largest, size)
+        self._bundle.handle.write(blob)
+        self._end += len(blob)
+        self.count += len(entries)
 
     def commit(self) -> int:
         if not self.count:

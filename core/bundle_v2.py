@@ -60,9 +60,15 @@ class BundleV2Reader:
             tiles.append((self.brow + slot // PACKET_SIZE, self.bcol + slot % PACKET_SIZE))
         return tiles
 
-    def read(self, row: int, col: int) -> bytes:
+    def locate(self, row: int, col: int) -> tuple[int, int]:
         entry = self._index[(row - self.brow) * PACKET_SIZE + (col - self.bcol)]
-        return self._source.pread(entry & OFFSET_MASK, entry >> 40)
+        return entry & OFFSET_MASK, entry >> 40
+
+    def read(self, row: int, col: int) -> bytes:
+        return self._source.pread(*self.locate(row, col))
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self._source.pread(offset, length)
 
     def close(self) -> None:
         self._source.close()
@@ -81,16 +87,19 @@ class BundleV2Writer:
         self.count = 0
 
     def add(self, row: int, col: int, data: bytes) -> None:
-        size = len(data)
-        if not 0 < size <= MAX_TILE:
-            raise CorruptCacheError(f"Tile L?/R{row}/C{col} has an unsupported size {size}.")
-        self._file.handle.write(struct.pack("<I", size))
-        self._file.handle.write(data)
-        slot = (row % PACKET_SIZE) * PACKET_SIZE + col % PACKET_SIZE
-        self._index[slot] = (self._end + 4) | (size << 40)
-        self._end += 4 + size
-        self._largest = max(self._largest, size)
-        self.count += 1
+        self.add_records(struct.pack("<I", len(data)) + data, [(row, col, 4, len(data))])
+
+    def add_records(self, blob: bytes, entries: list[tuple[int, int, int, int]]) -> None:
+        """Append size-prefixed records; entries are (row, col, data offset in blob, size)."""
+        for row, col, offset, size in entries:
+            if not 0 < size <= MAX_TILE:
+                raise CorruptCacheError(f"Tile R{row}/C{col} has an unsupported size {size}.")
+            slot = (row % PACKET_SIZE) * PACKET_SIZE + col % PACKET_SIZE
+            self._index[slot] = (self._end + offset) | (size << 40)
+            self._largest = max(self._largest, size)
+        self._file.handle.write(blob)
+        self._end += len(blob)
+        self.count += len(entries)
 
     def commit(self) -> int:
         """Finish the file and move it into place; returns bytes written (0 = no tiles)."""

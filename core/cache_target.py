@@ -95,6 +95,9 @@ class Target:
             self._final_alllayers,
         )
 
+    def bundle_done(self, level: int, brow: int, bcol: int) -> None:
+        """Called in the export's thread when a worker has committed a bundle."""
+
     def finish(self, done: Finish) -> None:
         raise NotImplementedError
 
@@ -179,7 +182,14 @@ def _move_tree(source: Path, destination: Path) -> None:
 
 
 class PackageTarget(Target):
-    """`<target>/<name>.tpk` (Compact V1) or `<target>/<name>.tpkx` (Compact V2)."""
+    """`<target>/<name>.tpk` (Compact V1) or `<target>/<name>.tpkx` (Compact V2).
+
+    Workers write bundles to a staging folder; each finished bundle is appended to the package
+    at once and its staged copy deleted, so the data is written to disk once. The metadata goes
+    in last, and the central directory lists members in ArcGIS's order (metadata first).
+    """
+
+    THUMBNAIL_BYTES = 64 << 20  # staged bundles kept for drawing the thumbnail, at most
 
     def __init__(self, target_dir: Path, name: str, storage: StorageFormat,
                  scheme: TilingScheme, levels: list[int]):
@@ -193,14 +203,44 @@ class PackageTarget(Target):
         self.profile = "arcgis"
         self._v2 = storage is StorageFormat.COMPACT_V2
         self._name = name
+        self._prefix = "tile" if self._v2 else "v101/Layers/_alllayers"
         _check_writable(target_dir)
         self.output_path = target_dir / (name + (".tpkx" if self._v2 else ".tpk"))
         if self.output_path.exists():
             self.existing = _open_existing(self.output_path)
             _check_scheme(scheme.with_storage(storage), self.existing, levels)
         self._stage: Optional[Path] = target_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
-        alllayers = self._stage / ("tile" if self._v2 else "v101/Layers/_alllayers")
-        super().__init__(alllayers, None)
+        super().__init__(self._stage / self._prefix, None)
+        self._partial = self._stage.with_name(self._stage.name + ".zip")
+        self._zip: Optional[zipfile.ZipFile] = None
+        self._kept_level: Optional[int] = None
+        self._kept_bytes = 0
+
+    def _open_zip(self) -> zipfile.ZipFile:
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self._partial, "w", zipfile.ZIP_STORED, allowZip64=True)
+        return self._zip
+
+    def _bundle_files(self, level: int, brow: int, bcol: int) -> list[tuple[Path, str]]:
+        folder, stem = "L%02d" % level, "R%04xC%04x" % (brow, bcol)
+        suffixes = (".bundle",) if self._v2 else (".bundle", ".bundlx")
+        return [(self.work_alllayers / folder / (stem + suffix),
+                 f"{self._prefix}/{folder}/{stem}{suffix}") for suffix in suffixes]
+
+    def bundle_done(self, level: int, brow: int, bcol: int) -> None:
+        """Move a finished bundle into the package; keep the coarsest level's for the thumbnail."""
+        if self._kept_level is None or level < self._kept_level:
+            self._kept_level = level
+        out = self._open_zip()
+        for path, arcname in self._bundle_files(level, brow, bcol):
+            if not path.exists():
+                continue  # the bundle ended up empty
+            size = path.stat().st_size
+            out.write(path, arcname)
+            if level == self._kept_level and self._kept_bytes + size <= self.THUMBNAIL_BYTES:
+                self._kept_bytes += size
+            else:
+                path.unlink()
 
     def finish(self, done: Finish) -> None:
         scheme = done.scheme.with_storage(self.storage)
@@ -209,25 +249,22 @@ class PackageTarget(Target):
         if self.existing is not None:
             levels.update(self.existing.layout.levels())
         layout_cls = CompactV2Layout if self._v2 else CompactV1Layout
-        staged = layout_cls(DirStore(self.work_alllayers), "")
-        thumbnail = draw_thumbnail(staged, done.levels, (scheme.tile_cols, scheme.tile_rows))
-        partial = self.output_path.with_name(f".{self.output_path.name}.{uuid.uuid4().hex[:8]}")
-        try:
-            with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as out:
-                for arcname, data in self._metadata(scheme, sorted(levels), extent, done,
-                                                    thumbnail):
-                    out.writestr(_info(arcname), data)
-                prefix = "tile" if self._v2 else "v101/Layers/_alllayers"
-                for level in sorted(levels):
-                    self._write_level(out, prefix, level, staged, done.touched)
-            os.replace(partial, self.output_path)
-        except BaseException:
-            if partial.exists():
-                partial.unlink()
-            raise
-        finally:
-            if self.existing is not None:
-                self.existing.close()
+        kept = layout_cls(DirStore(self.work_alllayers), "")
+        thumbnail = draw_thumbnail(kept, done.levels, (scheme.tile_cols, scheme.tile_rows))
+        out = self._open_zip()
+        if self.existing is not None:
+            self._copy_untouched(out, sorted(levels), done.touched)
+        metadata = self._metadata(scheme, sorted(levels), extent, done, thumbnail)
+        for arcname, data in metadata:
+            out.writestr(_info(arcname), data)
+        first = [name for name, _ in metadata]
+        out.filelist.sort(key=lambda info: (
+            first.index(info.filename) if info.filename in first else len(first), info.filename))
+        out.close()
+        self._zip = None
+        os.replace(self._partial, self.output_path)
+        if self.existing is not None:
+            self.existing.close()
         shutil.rmtree(self._stage)
         self._stage = None
 
@@ -239,7 +276,6 @@ class PackageTarget(Target):
                 ("root.json", root_json(scheme, name, levels[0], levels[-1], extent)),
                 ("thumbnail.png", thumbnail),
             ]
-        lods = scheme.lods
         return [
             ("esriinfo/item.pkinfo", item_pkinfo(name)),
             ("esriinfo/iteminfo.xml", iteminfo_xml(
@@ -248,33 +284,32 @@ class PackageTarget(Target):
             ("servicedescriptions/mapserver/mapserver.json",
              mapserver_json(scheme, name, extent, done.geographic_extent)),
             ("v101/Layers/conf.cdi", write_conf_cdi(extent, scheme.spatial_reference)),
-            ("v101/Layers/conf.xml", write_conf_xml(scheme, lods)),
+            ("v101/Layers/conf.xml", write_conf_xml(scheme)),
         ]
 
-    def _write_level(self, out: zipfile.ZipFile, prefix: str, level: int, staged, touched):
-        keys = set(staged.bundle_keys(level, None))
-        old = self.existing.layout if self.existing is not None else None
-        if old is not None:
-            keys.update(k for k in old.bundle_keys(level, None) if (level, *k) not in touched)
-        folder = "L%02d" % level
-        for brow, bcol in sorted(keys):
-            stem = "R%04xC%04x" % (brow, bcol)
-            suffixes = (".bundle",) if self._v2 else (".bundle", ".bundlx")
-            if (level, brow, bcol) in touched:
-                for suffix in suffixes:
-                    path = self.work_alllayers / folder / (stem + suffix)
-                    if path.exists():
-                        out.write(path, f"{prefix}/{folder}/{stem}{suffix}")
+    def _copy_untouched(self, out: zipfile.ZipFile, levels: list[int], touched: set) -> None:
+        """Bundles of the existing package the export did not rewrite, copied verbatim."""
+        old = self.existing.layout
+        store = old.store
+        assert isinstance(store, ZipStore)
+        for level in levels:
+            if level not in old.levels():
                 continue
-            store = old.store
-            assert isinstance(store, ZipStore)
-            for member, suffix in zip(old.member_paths(level, brow, bcol), suffixes):
-                info = _info(f"{prefix}/{folder}/{stem}{suffix}")
-                info.file_size = store.info(member).file_size
-                with out.open(info, "w", force_zip64=info.file_size > 0x7FFFFFFF) as dst:
-                    store.copy_member(member, dst)
+            for brow, bcol in old.bundle_keys(level, None):
+                if (level, brow, bcol) in touched:
+                    continue
+                members = old.member_paths(level, brow, bcol)
+                for member, (_, arcname) in zip(members, self._bundle_files(level, brow, bcol)):
+                    info = _info(arcname)
+                    info.file_size = store.info(member).file_size
+                    with out.open(info, "w", force_zip64=info.file_size > 0x7FFFFFFF) as dst:
+                        store.copy_member(member, dst)
 
     def abort(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+        self._partial.unlink(missing_ok=True)
         if self._stage is not None:
             shutil.rmtree(self._stage, ignore_errors=True)
             self._stage = None

@@ -19,6 +19,7 @@ from .cache_storage import ExplodedBlockWriter
 from .cache_target import DatasetTarget, Finish, PackageTarget, Target
 from .errors import CacheError, ExportCanceled
 from .geometry import Extent
+from .record_copy import copy_records
 from .selection import Coverage, Selection
 from .spatial_reference import geographic_extent
 from .tiling_scheme import StorageFormat, TileRange
@@ -209,7 +210,10 @@ class Exporter:
                         break
                     done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                     for future in done:
-                        results.append(future.result())
+                        result = future.result()
+                        results.append(result)
+                        if result.touched:
+                            target.bundle_done(result.level, result.brow, result.bcol)
                     if self._is_canceled():
                         raise ExportCanceled(
                             "The export was canceled; the target was left unchanged."
@@ -265,19 +269,14 @@ class Exporter:
         writer = target.writer(level, brow, bcol)
         try:
             if isinstance(writer, ExplodedBlockWriter):
-                order, carry_over = exported, ()
+                tiles = [(row, col, source) for row, col in exported]
                 for key in removed:
                     writer.remove(*key)
-            else:
-                order, carry_over = sorted(exported_set.union(kept)), kept
-            carry = set(carry_over)
-            for number, key in enumerate(order):
-                if number % CANCEL_CHECK_EVERY == 0:
-                    self._check_stop()
-                data = old.read(*key) if key in carry else source.read(*key)
-                if key not in carry:
-                    result.bytes += len(data)
-                writer.add(key[0], key[1], data)
+            else:  # a bundle is rewritten whole: the kept tiles of the old one go in as well
+                carry = set(kept)
+                tiles = [(row, col, old if (row, col) in carry else source)
+                         for row, col in sorted(exported_set.union(kept))]
+            result.bytes = self._write_tiles(tiles, writer, source)
             writer.commit()
         except BaseException:
             writer.abort()
@@ -285,6 +284,27 @@ class Exporter:
         result.touched = True
         result.removals = getattr(writer, "deferred_removals", [])
         return result
+
+
+    def _write_tiles(self, tiles: list, writer, source) -> int:
+        """Write (row, col, reader) tiles in order; return the bytes taken from `source`."""
+        if hasattr(writer, "add_records") and all(hasattr(r, "locate") for _, _, r in tiles):
+            exported = 0
+            for start in range(0, len(tiles), CANCEL_CHECK_EVERY):
+                self._check_stop()
+                chunk = tiles[start : start + CANCEL_CHECK_EVERY]
+                copied = copy_records(chunk, writer)
+                exported += copied if all(r is source for _, _, r in chunk) else sum(
+                    r.locate(row, col)[1] for row, col, r in chunk if r is source)
+            return exported
+        exported = 0
+        for number, (row, col, reader) in enumerate(tiles):
+            if number % CANCEL_CHECK_EVERY == 0:
+                self._check_stop()
+            data = reader.read(row, col)
+            exported += len(data) if reader is source else 0
+            writer.add(row, col, data)
+        return exported
 
 
 def _levels_text(levels: list[int]) -> str:

@@ -1,0 +1,69 @@
+"""Copying size-prefixed tile records between compact bundles in large contiguous runs.
+
+V1 and V2 bundles store a tile as `u32 size` + bytes. When consecutive tiles (in row-major
+order) also sit back to back in the source file, as ArcGIS and this tool write them, the whole
+run is read and written with one call each instead of two per tile. Prefixes are checked, and
+repaired in the copy when a source disagrees with its own index.
+"""
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Optional, Protocol
+
+MAX_RUN_BYTES = 16 << 20
+PREFIX = struct.Struct("<I")
+
+
+class RecordReader(Protocol):
+    def locate(self, row: int, col: int) -> tuple[int, int]:
+        """(offset of the image bytes, size); the u32 prefix sits at offset - 4."""
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+
+
+class RecordWriter(Protocol):
+    def add_records(self, blob: bytes, entries: list[tuple[int, int, int, int]]) -> None:
+        """Append `blob` (size-prefixed records); entries are (row, col, data offset in blob,
+        size)."""
+
+
+class _Run:
+    def __init__(self, reader: RecordReader, start: int):
+        self.reader, self.start, self.end = reader, start, start
+        self.entries: list[tuple[int, int, int, int]] = []
+
+    def extend(self, row: int, col: int, offset: int, size: int) -> None:
+        self.entries.append((row, col, offset - self.start, size))
+        self.end = offset + size
+
+
+def copy_records(
+    tiles: Iterable[tuple[int, int, RecordReader]], writer: RecordWriter
+) -> int:
+    """Copy tiles (in output order, each with the reader holding it); return image bytes."""
+    run: Optional[_Run] = None
+    copied = 0
+    for row, col, reader in tiles:
+        offset, size = reader.locate(row, col)
+        copied += size
+        if run is None or run.reader is not reader or offset - 4 != run.end or (
+            run.end - run.start > MAX_RUN_BYTES
+        ):
+            if run is not None:
+                _flush(run, writer)
+            run = _Run(reader, offset - 4)
+        run.extend(row, col, offset, size)
+    if run is not None:
+        _flush(run, writer)
+    return copied
+
+
+def _flush(run: _Run, writer: RecordWriter) -> None:
+    blob = run.reader.pread(run.start, run.end - run.start)
+    fixed: Optional[bytearray] = None
+    for _, _, offset, size in run.entries:
+        if PREFIX.unpack_from(blob, offset - 4)[0] != size:
+            fixed = fixed if fixed is not None else bytearray(blob)
+            PREFIX.pack_into(fixed, offset - 4, size)
+    writer.add_records(bytes(fixed) if fixed is not None else blob, run.entries)
