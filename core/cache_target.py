@@ -17,10 +17,10 @@ from typing import Optional
 
 from .bundle_file import AtomicFile
 from .cache_source import CacheSource, open_cache
-from .cache_storage import CompactV1Layout, CompactV2Layout, open_writer
+from .cache_storage import open_writer
 from .conf_xml import write_conf_cdi, write_conf_xml
 from .errors import CacheError
-from .file_store import DirStore, ZipStore
+from .file_store import ZipStore
 from .geometry import Extent
 from .package_metadata import (
     item_pkinfo,
@@ -29,8 +29,10 @@ from .package_metadata import (
     mapserver_json,
     root_json,
 )
-from .thumbnail import draw_thumbnail
 from .tiling_scheme import StorageFormat, TilingScheme
+
+COPY_CHUNK = 16 << 20  # zipfile's own 8 KiB copy chunks cost more than the disk (bench/)
+ZIP64_LIMIT = 0x7FFFFFFF
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Finish:
     extent: Extent
     geographic_extent: Optional[Extent]
     touched: set = field(default_factory=set)  # (level, brow, bcol) rewritten by the export
+    thumbnail: bytes = b""  # PNG drawn from the exported tiles, for packages
     deferred_removals: list = field(default_factory=list)
 
 
@@ -189,8 +192,6 @@ class PackageTarget(Target):
     in last, and the central directory lists members in ArcGIS's order (metadata first).
     """
 
-    THUMBNAIL_BYTES = 64 << 20  # staged bundles kept for drawing the thumbnail, at most
-
     def __init__(self, target_dir: Path, name: str, storage: StorageFormat,
                  scheme: TilingScheme, levels: list[int]):
         if storage is StorageFormat.EXPLODED:
@@ -213,8 +214,6 @@ class PackageTarget(Target):
         super().__init__(self._stage / self._prefix, None)
         self._partial = self._stage.with_name(self._stage.name + ".zip")
         self._zip: Optional[zipfile.ZipFile] = None
-        self._kept_level: Optional[int] = None
-        self._kept_bytes = 0
 
     def _open_zip(self) -> zipfile.ZipFile:
         if self._zip is None:
@@ -228,19 +227,19 @@ class PackageTarget(Target):
                  f"{self._prefix}/{folder}/{stem}{suffix}") for suffix in suffixes]
 
     def bundle_done(self, level: int, brow: int, bcol: int) -> None:
-        """Move a finished bundle into the package; keep the coarsest level's for the thumbnail."""
-        if self._kept_level is None or level < self._kept_level:
-            self._kept_level = level
+        """Move a finished bundle into the package."""
         out = self._open_zip()
         for path, arcname in self._bundle_files(level, brow, bcol):
             if not path.exists():
                 continue  # the bundle ended up empty
             size = path.stat().st_size
-            out.write(path, arcname)
-            if level == self._kept_level and self._kept_bytes + size <= self.THUMBNAIL_BYTES:
-                self._kept_bytes += size
-            else:
-                path.unlink()
+            info = _info(arcname)
+            info.file_size = size
+            with open(path, "rb") as src, out.open(
+                info, "w", force_zip64=size > ZIP64_LIMIT
+            ) as dst:
+                shutil.copyfileobj(src, dst, COPY_CHUNK)
+            path.unlink()
 
     def finish(self, done: Finish) -> None:
         scheme = done.scheme.with_storage(self.storage)
@@ -248,13 +247,10 @@ class PackageTarget(Target):
         levels = set(done.levels)
         if self.existing is not None:
             levels.update(self.existing.layout.levels())
-        layout_cls = CompactV2Layout if self._v2 else CompactV1Layout
-        kept = layout_cls(DirStore(self.work_alllayers), "")
-        thumbnail = draw_thumbnail(kept, done.levels, (scheme.tile_cols, scheme.tile_rows))
         out = self._open_zip()
         if self.existing is not None:
             self._copy_untouched(out, sorted(levels), done.touched)
-        metadata = self._metadata(scheme, sorted(levels), extent, done, thumbnail)
+        metadata = self._metadata(scheme, sorted(levels), extent, done)
         for arcname, data in metadata:
             out.writestr(_info(arcname), data)
         first = [name for name, _ in metadata]
@@ -268,19 +264,19 @@ class PackageTarget(Target):
         shutil.rmtree(self._stage)
         self._stage = None
 
-    def _metadata(self, scheme, levels, extent, done: Finish, thumbnail: bytes):
+    def _metadata(self, scheme, levels, extent, done: Finish):
         name = self._name
         if self._v2:
             return [
                 ("iteminfo.json", iteminfo_json(name, done.geographic_extent)),
                 ("root.json", root_json(scheme, name, levels[0], levels[-1], extent)),
-                ("thumbnail.png", thumbnail),
+                ("thumbnail.png", done.thumbnail),
             ]
         return [
             ("esriinfo/item.pkinfo", item_pkinfo(name)),
             ("esriinfo/iteminfo.xml", iteminfo_xml(
                 name, done.geographic_extent, scheme.spatial_reference.describe())),
-            ("esriinfo/thumbnail/thumbnail.png", thumbnail),
+            ("esriinfo/thumbnail/thumbnail.png", done.thumbnail),
             ("servicedescriptions/mapserver/mapserver.json",
              mapserver_json(scheme, name, extent, done.geographic_extent)),
             ("v101/Layers/conf.cdi", write_conf_cdi(extent, scheme.spatial_reference)),
@@ -302,7 +298,7 @@ class PackageTarget(Target):
                 for member, (_, arcname) in zip(members, self._bundle_files(level, brow, bcol)):
                     info = _info(arcname)
                     info.file_size = store.info(member).file_size
-                    with out.open(info, "w", force_zip64=info.file_size > 0x7FFFFFFF) as dst:
+                    with out.open(info, "w", force_zip64=info.file_size > ZIP64_LIMIT) as dst:
                         store.copy_member(member, dst)
 
     def abort(self) -> None:

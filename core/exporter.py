@@ -22,6 +22,7 @@ from .geometry import Extent
 from .record_copy import copy_records
 from .selection import Coverage, Selection
 from .spatial_reference import geographic_extent
+from .thumbnail import draw_thumbnail
 from .tiling_scheme import StorageFormat, TileRange
 
 CANCEL_CHECK_EVERY = 256
@@ -171,6 +172,12 @@ class Exporter:
             finish.geographic_extent = self.options.geographic_extent or geographic_extent(
                 finish.extent, self.source.scheme.spatial_reference
             )
+            if self.options.package:
+                scheme = self.source.scheme
+                finish.thumbnail = draw_thumbnail(
+                    self.source.layout, finish.levels, (scheme.tile_cols, scheme.tile_rows),
+                    self.selection.contains,
+                )
             if self._is_canceled():
                 raise ExportCanceled("The export was canceled; the target was left unchanged.")
             target.finish(finish)

@@ -163,7 +163,7 @@ class ZipStore:
 
     def copy_member(self, rel: str, out: io.BufferedIOBase) -> None:
         with self._lock, self._zip.open(self._infos[rel]) as src:
-            while chunk := src.read(1 << 20):
+            while chunk := src.read(16 << 20):
                 out.write(chunk)
 
     def close(self) -> None:

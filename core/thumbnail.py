@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import io
-from typing import Optional
+from typing import Callable, Optional
 
 from PIL import Image
 
@@ -12,15 +12,21 @@ SIZE = (200, 133)
 MAX_TILES = 4  # per side of the mosaic
 
 
-def draw_thumbnail(layout: Layout, levels: list[int], tile_size: tuple[int, int]) -> bytes:
-    """Mosaic up to 4x4 tiles of the first level (coarse to fine) that spans two or more tiles."""
+def draw_thumbnail(
+    layout: Layout,
+    levels: list[int],
+    tile_size: tuple[int, int],
+    selected: Callable[[int, int, int], bool],
+) -> bytes:
+    """Mosaic up to 4x4 exported tiles (those `selected`) of the first level, coarse to fine,
+    that spans two or more tiles."""
     chosen: Optional[tuple[int, list[tuple[int, int]]]] = None
     for level in sorted(levels):
         present = []
         for key in layout.bundle_keys(level, None):
             reader = layout.open_bundle(level, *key)
             if reader is not None:
-                present.extend(reader.present())
+                present.extend(k for k in reader.present() if selected(level, *k))
                 reader.close()
         if present:
             chosen = (level, present)
