@@ -147,7 +147,7 @@ print(f"package: {out} ({len(paths)} files)")
 endef
 export PACKAGE_PY
 
-demo:
+demo: deps
 	@test -f scripts/demo.sh || { echo "ERROR: scripts/demo.sh does not exist yet." >&2; exit 1; }
 	bash scripts/demo.sh
 

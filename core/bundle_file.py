@@ -4,6 +4,20 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+class Output(Protocol):
+    """Where a writer puts one file: a temporary file renamed into place (AtomicFile) or a
+    member region of a package (zip_writer.Region)."""
+
+    handle: BinaryIO
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def discard_and_remove_target(self) -> None: ...
 
 
 class AtomicFile:

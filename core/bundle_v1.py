@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
-from .bundle_file import AtomicFile
+from .bundle_file import Output
 from .errors import CorruptCacheError
 from .file_store import ByteSource
 from .tiling_scheme import PACKET_SIZE
@@ -80,9 +79,8 @@ class BundleV1Reader:
 class BundleV1Writer:
     """Writes `.bundle` and `.bundlx` with ArcGIS's header values and empty-slot offsets."""
 
-    def __init__(self, bundle_path: Path, brow: int, bcol: int):
-        self._bundle = AtomicFile(bundle_path)
-        self._index = AtomicFile(bundle_path.with_suffix(".bundlx"))
+    def __init__(self, bundle: Output, index: Output, brow: int, bcol: int):
+        self._bundle, self._index = bundle, index
         self._brow, self._bcol = brow, bcol
         self._offsets = [HEADER.size + 4 * slot for slot in range(SLOTS)]
         self._bundle.handle.seek(HEADER.size)

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import struct
 from array import array
-from pathlib import Path
 
-from .bundle_file import AtomicFile
+from .bundle_file import Output
 from .errors import CorruptCacheError
 from .file_store import ByteSource
 from .tiling_scheme import PACKET_SIZE
@@ -77,8 +76,8 @@ class BundleV2Reader:
 class BundleV2Writer:
     """Writes one bundle; `profile` "spec" suits GDAL's conf.xml reader, "arcgis" matches Pro."""
 
-    def __init__(self, path: Path, profile: str = "spec"):
-        self._file = AtomicFile(path)
+    def __init__(self, output: Output, profile: str = "spec"):
+        self._file = output
         self._profile = profile
         self._index = array("Q", [EMPTY_ENTRY]) * SLOTS
         self._file.handle.seek(DATA_START)

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Optional, Protocol, Union
 
+from . import bundle_v1, bundle_v2
 from .bundle_file import AtomicFile
 from .bundle_v1 import BundleV1Reader, BundleV1Writer
 from .bundle_v2 import BundleV2Reader, BundleV2Writer
@@ -240,6 +241,14 @@ class ExplodedLayout(Layout):
         return sorted(self._block_paths(level, brow, bcol).values())
 
 
+def bundle_file_sizes(storage: StorageFormat, payload: int) -> list[int]:
+    """Sizes of the files of a compact bundle whose records (size prefixes included) take
+    `payload` bytes: known before any tile is read, so package members can be reserved."""
+    if storage is StorageFormat.COMPACT_V2:
+        return [bundle_v2.DATA_START + payload]
+    return [bundle_v1.DATA_START + payload, bundle_v1.INDEX_FILE_SIZE]
+
+
 LAYOUTS = {cls.storage: cls for cls in (CompactV2Layout, CompactV1Layout, ExplodedLayout)}
 
 
@@ -296,9 +305,11 @@ def open_writer(
     final_alllayers: Optional[Path] = None,
 ) -> Union[BundleV1Writer, BundleV2Writer, ExplodedBlockWriter]:
     level_dir = Path(alllayers) / level_folder(level)
+    stem = level_dir / bundle_name(brow, bcol)
     if storage is StorageFormat.COMPACT_V2:
-        return BundleV2Writer(level_dir / (bundle_name(brow, bcol) + ".bundle"), profile)
+        return BundleV2Writer(AtomicFile(stem.with_suffix(".bundle")), profile)
     if storage is StorageFormat.COMPACT:
-        return BundleV1Writer(level_dir / (bundle_name(brow, bcol) + ".bundle"), brow, bcol)
+        return BundleV1Writer(AtomicFile(stem.with_suffix(".bundle")),
+                              AtomicFile(stem.with_suffix(".bundlx")), brow, bcol)
     final_dir = Path(final_alllayers) / level_folder(level) if final_alllayers else None
     return ExplodedBlockWriter(level_dir, final_dir)

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import uuid
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .bundle_file import AtomicFile
+from .bundle_v1 import BundleV1Writer
+from .bundle_v2 import BundleV2Writer
 from .cache_source import CacheSource, open_cache
-from .cache_storage import open_writer
+from .cache_storage import bundle_file_sizes, open_writer
 from .conf_xml import write_conf_cdi, write_conf_xml
 from .errors import CacheError
 from .file_store import ZipStore
@@ -30,9 +30,9 @@ from .package_metadata import (
     root_json,
 )
 from .tiling_scheme import StorageFormat, TilingScheme
+from .zip_writer import ZipWriter
 
-COPY_CHUNK = 16 << 20  # zipfile's own 8 KiB copy chunks cost more than the disk (bench/)
-ZIP64_LIMIT = 0x7FFFFFFF
+COPY_CHUNK = 16 << 20  # large copies: small ones cost more than the disk does (bench/)
 
 
 @dataclass
@@ -92,7 +92,8 @@ class Target:
         self.work_alllayers = work_alllayers
         self._final_alllayers = final_alllayers
 
-    def writer(self, level: int, brow: int, bcol: int):
+    def writer(self, level: int, brow: int, bcol: int, payload: Optional[int] = None):
+        """A writer for one bundle; `payload` = bytes of its records when known in advance."""
         return open_writer(
             self.storage, self.work_alllayers, level, brow, bcol, self.profile,
             self._final_alllayers,
@@ -187,9 +188,11 @@ def _move_tree(source: Path, destination: Path) -> None:
 class PackageTarget(Target):
     """`<target>/<name>.tpk` (Compact V1) or `<target>/<name>.tpkx` (Compact V2).
 
-    Workers write bundles to a staging folder; each finished bundle is appended to the package
-    at once and its staged copy deleted, so the data is written to disk once. The metadata goes
-    in last, and the central directory lists members in ArcGIS's order (metadata first).
+    A bundle's size is known from the source indexes before its tiles are read, so each worker
+    writes its bundle straight into a region of the package reserved for it: the tiles are
+    written once, in parallel. (Tiles of exploded caches have no index: those bundles are
+    staged and copied in when done.) The metadata goes in last; the central directory lists
+    members in ArcGIS's order.
     """
 
     def __init__(self, target_dir: Path, name: str, storage: StorageFormat,
@@ -213,12 +216,8 @@ class PackageTarget(Target):
         self._stage: Optional[Path] = target_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
         super().__init__(self._stage / self._prefix, None)
         self._partial = self._stage.with_name(self._stage.name + ".zip")
-        self._zip: Optional[zipfile.ZipFile] = None
-
-    def _open_zip(self) -> zipfile.ZipFile:
-        if self._zip is None:
-            self._zip = zipfile.ZipFile(self._partial, "w", zipfile.ZIP_STORED, allowZip64=True)
-        return self._zip
+        self._zip: Optional[ZipWriter] = ZipWriter(self._partial)
+        self._staged: set = set()
 
     def _bundle_files(self, level: int, brow: int, bcol: int) -> list[tuple[Path, str]]:
         folder, stem = "L%02d" % level, "R%04xC%04x" % (brow, bcol)
@@ -226,20 +225,34 @@ class PackageTarget(Target):
         return [(self.work_alllayers / folder / (stem + suffix),
                  f"{self._prefix}/{folder}/{stem}{suffix}") for suffix in suffixes]
 
+    def writer(self, level: int, brow: int, bcol: int, payload: Optional[int] = None):
+        if payload is None:
+            self._staged.add((level, brow, bcol))
+            return super().writer(level, brow, bcol)
+        sizes = bundle_file_sizes(self.storage, payload)
+        regions = [self._zip.reserve(arcname, size)
+                   for (_, arcname), size in zip(self._bundle_files(level, brow, bcol), sizes)]
+        if self._v2:
+            return BundleV2Writer(regions[0], self.profile)
+        return BundleV1Writer(regions[0], regions[1], brow, bcol)
+
     def bundle_done(self, level: int, brow: int, bcol: int) -> None:
-        """Move a finished bundle into the package."""
-        out = self._open_zip()
+        """Copy a staged bundle (one whose size was not known in advance) into the package."""
+        if (level, brow, bcol) not in self._staged:
+            return
         for path, arcname in self._bundle_files(level, brow, bcol):
-            if not path.exists():
-                continue  # the bundle ended up empty
-            size = path.stat().st_size
-            info = _info(arcname)
-            info.file_size = size
-            with open(path, "rb") as src, out.open(
-                info, "w", force_zip64=size > ZIP64_LIMIT
-            ) as dst:
-                shutil.copyfileobj(src, dst, COPY_CHUNK)
-            path.unlink()
+            if path.exists():
+                with open(path, "rb") as src:
+                    self._copy_in(arcname, path.stat().st_size, src)
+                path.unlink()
+
+    def _copy_in(self, arcname: str, size: int, src) -> None:
+        region = self._zip.reserve(arcname, size)
+        try:
+            shutil.copyfileobj(src, region.handle, COPY_CHUNK)
+            region.commit()
+        finally:
+            region.abort()
 
     def finish(self, done: Finish) -> None:
         scheme = done.scheme.with_storage(self.storage)
@@ -247,21 +260,16 @@ class PackageTarget(Target):
         levels = set(done.levels)
         if self.existing is not None:
             levels.update(self.existing.layout.levels())
-        out = self._open_zip()
-        if self.existing is not None:
-            self._copy_untouched(out, sorted(levels), done.touched)
+            self._copy_untouched(sorted(levels), done.touched)
         metadata = self._metadata(scheme, sorted(levels), extent, done)
         for arcname, data in metadata:
-            out.writestr(_info(arcname), data)
-        first = [name for name, _ in metadata]
-        out.filelist.sort(key=lambda info: (
-            first.index(info.filename) if info.filename in first else len(first), info.filename))
-        out.close()
+            self._zip.write_bytes(arcname, data)
+        self._zip.close(first=[name for name, _ in metadata])
         self._zip = None
         os.replace(self._partial, self.output_path)
         if self.existing is not None:
             self.existing.close()
-        shutil.rmtree(self._stage)
+        shutil.rmtree(self._stage, ignore_errors=True)
         self._stage = None
 
     def _metadata(self, scheme, levels, extent, done: Finish):
@@ -283,7 +291,7 @@ class PackageTarget(Target):
             ("v101/Layers/conf.xml", write_conf_xml(scheme)),
         ]
 
-    def _copy_untouched(self, out: zipfile.ZipFile, levels: list[int], touched: set) -> None:
+    def _copy_untouched(self, levels: list[int], touched: set) -> None:
         """Bundles of the existing package the export did not rewrite, copied verbatim."""
         old = self.existing.layout
         store = old.store
@@ -296,25 +304,18 @@ class PackageTarget(Target):
                     continue
                 members = old.member_paths(level, brow, bcol)
                 for member, (_, arcname) in zip(members, self._bundle_files(level, brow, bcol)):
-                    info = _info(arcname)
-                    info.file_size = store.info(member).file_size
-                    with out.open(info, "w", force_zip64=info.file_size > ZIP64_LIMIT) as dst:
-                        store.copy_member(member, dst)
+                    region = self._zip.reserve(arcname, store.info(member).file_size)
+                    try:
+                        store.copy_member(member, region.handle)
+                        region.commit()
+                    finally:
+                        region.abort()
 
     def abort(self) -> None:
-        if self._zip is not None:
-            self._zip.close()
-            self._zip = None
+        self._zip = None
         self._partial.unlink(missing_ok=True)
         if self._stage is not None:
             shutil.rmtree(self._stage, ignore_errors=True)
             self._stage = None
         if self.existing is not None:
             self.existing.close()
-
-
-def _info(arcname: str) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(arcname, time.localtime()[:6])
-    info.compress_type = zipfile.ZIP_STORED
-    info.create_system = 0
-    return info

@@ -273,16 +273,23 @@ class Exporter:
             rows = [r for r, _ in exported]
             cols = [c for _, c in exported]
             result.tile_range = TileRange(min(rows), max(rows), min(cols), max(cols))
-        writer = target.writer(level, brow, bcol)
+        if self.options.storage is StorageFormat.EXPLODED:
+            tiles = [(row, col, source) for row, col in exported]
+        else:  # a bundle is rewritten whole: the kept tiles of the old one go in as well
+            carry = set(kept)
+            tiles = [(row, col, old if (row, col) in carry else source)
+                     for row, col in sorted(exported_set.union(kept))]
+            if not tiles and self.options.package:
+                result.touched = True  # every tile removed: the package gets no such bundle
+                return result
+        payload = None
+        if all(hasattr(reader, "locate") for _, _, reader in tiles):
+            payload = sum(4 + reader.locate(row, col)[1] for row, col, reader in tiles)
+        writer = target.writer(level, brow, bcol, payload)
         try:
             if isinstance(writer, ExplodedBlockWriter):
-                tiles = [(row, col, source) for row, col in exported]
                 for key in removed:
                     writer.remove(*key)
-            else:  # a bundle is rewritten whole: the kept tiles of the old one go in as well
-                carry = set(kept)
-                tiles = [(row, col, old if (row, col) in carry else source)
-                         for row, col in sorted(exported_set.union(kept))]
             result.bytes = self._write_tiles(tiles, writer, source)
             writer.commit()
         except BaseException:
