@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .crc32_combine import crc32_combine
 from .errors import CacheError
 
 LIMIT = 0x7FFFFFFF  # like Python's zipfile: stay clear of readers that use signed 32-bit sizes
@@ -60,12 +61,17 @@ class _Entry:
 
 
 class _RegionHandle:
-    """Seek/write inside one member's region, through a file handle of its own."""
+    """Seek/write inside one member's region, through a file handle of its own.
+
+    It keeps the CRC of each run of contiguous writes ([start, length, crc] segments); when
+    the segments cover the region, its CRC is combined from them without reading it back.
+    """
 
     def __init__(self, path: Path, base: int, size: int):
         self._file = open(path, "r+b")  # noqa: SIM115 - closed by the region
         self._base, self._size = base, size
         self._file.seek(base)
+        self._segments: list[list[int]] = []
 
     @property
     def closed(self) -> bool:
@@ -78,11 +84,29 @@ class _RegionHandle:
         return self._file.tell() - self._base
 
     def write(self, data: bytes) -> int:
-        if self.tell() + len(data) > self._size:
+        position = self.tell()
+        if position + len(data) > self._size:
             raise CacheError("Internal error: a package member outgrew its reserved size.")
+        last = self._segments[-1] if self._segments else None
+        if last is not None and last[0] + last[1] == position:
+            last[1] += len(data)
+            last[2] = zlib.crc32(data, last[2])
+        else:
+            self._segments.append([position, len(data), zlib.crc32(data)])
         return self._file.write(data)
 
     def crc(self) -> int:
+        segments = sorted(self._segments)
+        covered = 0
+        crc = 0
+        for start, length, segment_crc in segments:
+            if start != covered:
+                return self._read_back_crc()  # overlapping or sparse writes
+            crc = crc32_combine(crc, segment_crc, length)
+            covered += length
+        return crc if covered == self._size else self._read_back_crc()
+
+    def _read_back_crc(self) -> int:
         self._file.flush()
         self._file.seek(self._base)
         crc, left = 0, self._size

@@ -83,3 +83,18 @@ def test_a_member_cannot_outgrow_its_region(tmp_path):
     region.abort()
     with pytest.raises(CacheError, match="not written"):
         archive.close()
+
+
+def test_overwritten_bytes_fall_back_to_reading_the_crc_back(tmp_path):
+    archive = ZipWriter(tmp_path / "x.zip")
+    region = archive.reserve("a", 12)
+    region.handle.write(b"0123456789")
+    region.handle.seek(4)
+    region.handle.write(b"ab")  # overwrites: the segment CRCs no longer describe the bytes
+    region.handle.seek(10)
+    region.handle.write(b"xy")
+    region.commit()
+    archive.close()
+    with zipfile.ZipFile(tmp_path / "x.zip") as reader:
+        assert reader.testzip() is None
+        assert reader.read("a") == b"0123ab6789xy"
