@@ -6,6 +6,7 @@ import struct
 from .bundle_file import Output
 from .errors import CorruptCacheError
 from .file_store import ByteSource
+from .record_copy import RecordFileReader, RecordFileWriter
 from .tiling_scheme import PACKET_SIZE
 
 SLOTS = PACKET_SIZE * PACKET_SIZE
@@ -21,9 +22,10 @@ def _slot(row: int, col: int) -> int:
     return (col % PACKET_SIZE) * PACKET_SIZE + row % PACKET_SIZE
 
 
-class BundleV1Reader:
+class BundleV1Reader(RecordFileReader):
     def __init__(self, bundle: ByteSource, index: ByteSource, brow: int, bcol: int):
-        self._bundle, self.brow, self.bcol = bundle, brow, bcol
+        self._data = self._bundle = bundle
+        self.brow, self.bcol = brow, bcol
         try:
             if index.size < 16 + 5 * SLOTS:
                 raise CorruptCacheError(
@@ -66,21 +68,13 @@ class BundleV1Reader:
         slot = _slot(row, col)
         return self._offsets[slot] + 4, self._sizes[slot]
 
-    def read(self, row: int, col: int) -> bytes:
-        return self._bundle.pread(*self.locate(row, col))
 
-    def pread(self, offset: int, length: int) -> bytes:
-        return self._bundle.pread(offset, length)
-
-    def close(self) -> None:
-        self._bundle.close()
-
-
-class BundleV1Writer:
+class BundleV1Writer(RecordFileWriter):
     """Writes `.bundle` and `.bundlx` with ArcGIS's header values and empty-slot offsets."""
 
     def __init__(self, bundle: Output, index: Output, brow: int, bcol: int):
-        self._bundle, self._index = bundle, index
+        self._data = self._bundle = bundle
+        self._index_file = index
         self._brow, self._bcol = brow, bcol
         self._offsets = [HEADER.size + 4 * slot for slot in range(SLOTS)]
         self._bundle.handle.seek(HEADER.size)
@@ -89,24 +83,13 @@ class BundleV1Writer:
         self._largest = 0
         self.count = 0
 
-    def add(self, row: int, col: int, data: bytes) -> None:
-        self.add_records(struct.pack("<I", len(data)) + data, [(row, col, 4, len(data))])
-
-    def add_records(self, blob: bytes, entries: list[tuple[int, int, int, int]]) -> None:
-        """Append size-prefixed records; entries are (row, col, data offset in blob, size)."""
-        for row, col, offset, size in entries:
-            if not 0 < size < 1 << 32:
-                raise CorruptCacheError(f"Tile R{row}/C{col} has an unsupported size {size}.")
-            self._offsets[_slot(row, col)] = self._end + offset - 4
-            self._largest = max(self._largest, size)
-        self._bundle.handle.write(blob)
-        self._end += len(blob)
-        self.count += len(entries)
+    def _index(self, row: int, col: int, data_offset: int, size: int) -> None:
+        self._offsets[_slot(row, col)] = data_offset - 4  # V1 entries point at the prefix
 
     def commit(self) -> int:
         if not self.count:
             self._bundle.discard_and_remove_target()
-            self._index.discard_and_remove_target()
+            self._index_file.discard_and_remove_target()
             return 0
         header = HEADER.pack(
             3, SLOTS, self._largest, 5, 4 * self.count, self._end, 40, 16,
@@ -118,11 +101,11 @@ class BundleV1Writer:
         for offset in self._offsets:
             index += offset.to_bytes(5, "little")
         index += INDEX_FOOTER
-        self._index.handle.write(index)
+        self._index_file.handle.write(index)
         self._bundle.commit()
-        self._index.commit()
+        self._index_file.commit()
         return self._end + INDEX_FILE_SIZE
 
     def abort(self) -> None:
         self._bundle.abort()
-        self._index.abort()
+        self._index_file.abort()

@@ -11,6 +11,7 @@ from array import array
 from .bundle_file import Output
 from .errors import CorruptCacheError
 from .file_store import ByteSource
+from .record_copy import RecordFileReader, RecordFileWriter
 from .tiling_scheme import PACKET_SIZE
 
 SLOTS = PACKET_SIZE * PACKET_SIZE
@@ -23,11 +24,12 @@ EMPTY_ENTRY = 4  # ArcGIS-observed value of an empty slot (offset 4, size 0)
 OFFSET_MASK = (1 << 40) - 1
 
 
-class BundleV2Reader:
+class BundleV2Reader(RecordFileReader):
     """Tiles of one V2 bundle; `present()` validates the index against the file size."""
 
     def __init__(self, source: ByteSource, brow: int, bcol: int):
-        self._source, self.brow, self.bcol = source, brow, bcol
+        self._data = self._source = source
+        self.brow, self.bcol = brow, bcol
         if source.size < DATA_START:
             raise CorruptCacheError(
                 f"{source.name}: {source.size} bytes is too short for a Compact V2 bundle "
@@ -63,42 +65,24 @@ class BundleV2Reader:
         entry = self._index[(row - self.brow) * PACKET_SIZE + (col - self.bcol)]
         return entry & OFFSET_MASK, entry >> 40
 
-    def read(self, row: int, col: int) -> bytes:
-        return self._source.pread(*self.locate(row, col))
 
-    def pread(self, offset: int, length: int) -> bytes:
-        return self._source.pread(offset, length)
-
-    def close(self) -> None:
-        self._source.close()
-
-
-class BundleV2Writer:
+class BundleV2Writer(RecordFileWriter):
     """Writes one bundle; `profile` "spec" suits GDAL's conf.xml reader, "arcgis" matches Pro."""
 
+    MAX_SIZE = MAX_TILE
+
     def __init__(self, output: Output, profile: str = "spec"):
-        self._file = output
+        self._data = self._file = output
         self._profile = profile
-        self._index = array("Q", [EMPTY_ENTRY]) * SLOTS
+        self._entries = array("Q", [EMPTY_ENTRY]) * SLOTS
         self._file.handle.seek(DATA_START)
         self._end = DATA_START
         self._largest = 0
         self.count = 0
 
-    def add(self, row: int, col: int, data: bytes) -> None:
-        self.add_records(struct.pack("<I", len(data)) + data, [(row, col, 4, len(data))])
-
-    def add_records(self, blob: bytes, entries: list[tuple[int, int, int, int]]) -> None:
-        """Append size-prefixed records; entries are (row, col, data offset in blob, size)."""
-        for row, col, offset, size in entries:
-            if not 0 < size <= MAX_TILE:
-                raise CorruptCacheError(f"Tile R{row}/C{col} has an unsupported size {size}.")
-            slot = (row % PACKET_SIZE) * PACKET_SIZE + col % PACKET_SIZE
-            self._index[slot] = (self._end + offset) | (size << 40)
-            self._largest = max(self._largest, size)
-        self._file.handle.write(blob)
-        self._end += len(blob)
-        self.count += len(entries)
+    def _index(self, row: int, col: int, data_offset: int, size: int) -> None:
+        self._entries[(row % PACKET_SIZE) * PACKET_SIZE + col % PACKET_SIZE] = (
+            data_offset | (size << 40))
 
     def commit(self) -> int:
         """Finish the file and move it into place; returns bytes written (0 = no tiles)."""
@@ -114,7 +98,7 @@ class BundleV2Writer:
         handle = self._file.handle
         handle.seek(0)
         handle.write(HEADER.pack(*header))
-        index = array("Q", self._index)
+        index = array("Q", self._entries)
         if array("H", [1]).tobytes() != b"\x01\x00":
             index.byteswap()
         handle.write(index.tobytes())

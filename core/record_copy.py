@@ -11,8 +11,57 @@ import struct
 from collections.abc import Iterable
 from typing import Optional, Protocol
 
+from .bundle_file import Output
+from .errors import CorruptCacheError
+from .file_store import ByteSource
+
 MAX_RUN_BYTES = 16 << 20
 PREFIX = struct.Struct("<I")
+
+
+class RecordFileReader:
+    """Reading size-prefixed records of a bundle file; subclasses `locate` a tile's record."""
+
+    _data: ByteSource
+
+    def locate(self, row: int, col: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def read(self, row: int, col: int) -> bytes:
+        return self._data.pread(*self.locate(row, col))
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self._data.pread(offset, length)
+
+    def close(self) -> None:
+        self._data.close()
+
+
+class RecordFileWriter:
+    """Appending size-prefixed records to a bundle file; subclasses index each record."""
+
+    MAX_SIZE = (1 << 32) - 1
+    _data: Output
+    _end: int
+    _largest: int
+    count: int
+
+    def _index(self, row: int, col: int, data_offset: int, size: int) -> None:
+        raise NotImplementedError
+
+    def add(self, row: int, col: int, data: bytes) -> None:
+        self.add_records(PREFIX.pack(len(data)) + data, [(row, col, 4, len(data))])
+
+    def add_records(self, blob: bytes, entries: list[tuple[int, int, int, int]]) -> None:
+        """Append size-prefixed records; entries are (row, col, data offset in blob, size)."""
+        for row, col, offset, size in entries:
+            if not 0 < size <= self.MAX_SIZE:
+                raise CorruptCacheError(f"Tile R{row}/C{col} has an unsupported size {size}.")
+            self._index(row, col, self._end + offset, size)
+            self._largest = max(self._largest, size)
+        self._data.handle.write(blob)
+        self._end += len(blob)
+        self.count += len(entries)
 
 
 class RecordReader(Protocol):
