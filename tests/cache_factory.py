@@ -114,3 +114,12 @@ def read_all_tiles(path) -> dict[tuple[int, int, int], bytes]:
     finally:
         source.close()
     return tiles
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file (with its bytes) and folder below `folder`, hidden ones included."""
+    found: dict[str, bytes] = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        found[rel] = path.read_bytes() if path.is_file() else b"<dir>"
+    return found

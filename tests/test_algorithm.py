@@ -22,6 +22,7 @@ from cache_factory import (  # noqa: E402
     LEVEL0_RES,
     ORIGIN,
     read_all_tiles,
+    snapshot,
     web_mercator_scheme,
     write_cache,
 )
@@ -67,15 +68,6 @@ def run_export(params: dict, feedback=None) -> dict:
             "NUM_OF_CACHING_SERVICE_INSTANCES": 2}
     full.update(params)
     return processing.run(ALG, full, feedback=feedback)
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file (with its bytes) and folder below `folder`, hidden ones included."""
-    found: dict[str, bytes] = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        found[rel] = path.read_bytes() if path.is_file() else b"<dir>"
-    return found
 
 
 def output_path(target: Path, name: str, kind: str) -> Path:

@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cache_factory import web_mercator_scheme, write_cache  # noqa: E402
+from cache_factory import snapshot, web_mercator_scheme, write_cache  # noqa: E402
 
 from export_map_server_cache.core.tiling_scheme import StorageFormat, TileRange  # noqa: E402
 
@@ -28,15 +28,6 @@ V2_HEADER = struct.Struct("<4I3Q6I")
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file (with its bytes) and folder below `folder`, hidden ones included."""
-    found: dict[str, bytes] = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        found[rel] = path.read_bytes() if path.is_file() else b"<dir>"
-    return found
 
 
 def prepared_target(tmp_path: Path) -> Path:
