@@ -117,4 +117,4 @@ gdalinfo "$CONF" | grep -E '^(Driver|Size is)' | sed 's/^/  /'
 gdalinfo "$DEMO_OUT/package/world_map.tpkx" 2>/dev/null | grep -E '^(Driver|Size is)' \
   | sed 's/^/  (.tpkx) /' || echo "  (.tpkx: this GDAL cannot open .tpkx; GDAL >= 3.8 can)"
 echo
-echo "Done. Open $CONF or the .tpkx in QGIS (Layer > Add Raster Layer) to look at the result."
+echo "Done. Open $CONF in QGIS (Layer > Add Raster Layer) to look at the result; the .tpkx opens in ArcGIS, and in QGIS with GDAL >= 3.8."
