@@ -4,9 +4,9 @@ from __future__ import annotations
 import struct
 
 from .bundle_file import Output
+from .bundle_records import RecordFileReader, RecordFileWriter
 from .errors import CorruptCacheError
 from .file_store import ByteSource
-from .record_copy import RecordFileReader, RecordFileWriter
 from .tiling_scheme import PACKET_SIZE
 
 SLOTS = PACKET_SIZE * PACKET_SIZE

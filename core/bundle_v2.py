@@ -9,9 +9,9 @@ import struct
 from array import array
 
 from .bundle_file import Output
+from .bundle_records import RecordFileReader, RecordFileWriter
 from .errors import CorruptCacheError
 from .file_store import ByteSource
-from .record_copy import RecordFileReader, RecordFileWriter
 from .tiling_scheme import PACKET_SIZE
 
 SLOTS = PACKET_SIZE * PACKET_SIZE

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from .bundle_records import copy_records
 from .cache_source import CacheSource
 from .cache_storage import ExplodedBlockWriter
 from .cache_target import DatasetTarget, Finish, PackageTarget, Target
 from .errors import CacheError, ExportCanceled
 from .geometry import Extent
-from .record_copy import copy_records
 from .selection import Coverage, Selection
 from .spatial_reference import geographic_extent
 from .thumbnail import draw_thumbnail
@@ -75,24 +75,15 @@ def auto_workers() -> int:
 
 
 def plan_bundles(
-    source: CacheSource,
-    levels: list[int],
-    selection: Selection,
-    existing: Optional[CacheSource] = None,
-    overwrite: bool = False,
+    cache: CacheSource, levels: list[int], selection: Selection
 ) -> list[tuple[int, int, int]]:
-    """Bundles (level, row, col) the export visits: the source's, plus, when overwriting, the
-    target's inside the selection (their selected tiles are replaced, so possibly removed)."""
+    """The cache's bundles (level, row, col) that hold selected tiles, level by level."""
     tasks = []
-    source_levels = source.layout.levels()
+    present = cache.layout.levels()
     for level in levels:
-        window = selection.window(level)
-        keys = set()
-        if level in source_levels:
-            keys.update(source.layout.bundle_keys(level, window))
-        if overwrite and existing is not None and level in existing.layout.levels():
-            keys.update(existing.layout.bundle_keys(level, window))
-        for brow, bcol in sorted(keys):
+        if level not in present:
+            continue
+        for brow, bcol in cache.layout.bundle_keys(level, selection.window(level)):
             if selection.bundle_coverage(level, brow, bcol) is not Coverage.NONE:
                 tasks.append((level, brow, bcol))
     return tasks
@@ -133,7 +124,8 @@ class Exporter:
 
     def run(self) -> ExportResult:
         started = time.monotonic()
-        if not plan_bundles(self.source, self.levels, self.selection):
+        tasks = plan_bundles(self.source, self.levels, self.selection)
+        if not tasks:
             raise CacheError(
                 "The export extent or area of interest does not overlap any tile of the cache "
                 f"at the chosen levels ({_levels_text(self.levels)}); nothing was written."
@@ -143,8 +135,11 @@ class Exporter:
         try:
             if target.existing is not None and _same_place(self.source, target):
                 raise CacheError("The target is the input cache itself; choose another target.")
-            tasks = plan_bundles(self.source, self.levels, self.selection, target.existing,
-                                 self.options.overwrite)
+            if self.options.overwrite and target.existing is not None:
+                # the target's bundles in the selection too: their selected tiles are replaced,
+                # so possibly removed
+                tasks = sorted(set(tasks).union(
+                    plan_bundles(target.existing, self.levels, self.selection)))
             results = self._run_tasks(target, tasks)
             per_level = {level: LevelResult(level) for level in self.levels}
             finish = Finish(self.source.scheme, [], Extent(0, 0, 0, 0), None)
@@ -282,15 +277,20 @@ class Exporter:
             if not tiles and self.options.package:
                 result.touched = True  # every tile removed: the package gets no such bundle
                 return result
-        payload = None
+        sizes = None  # known from the bundle indexes, before any tile is read
         if all(hasattr(reader, "locate") for _, _, reader in tiles):
-            payload = sum(4 + reader.locate(row, col)[1] for row, col, reader in tiles)
-        writer = target.writer(level, brow, bcol, payload)
+            sizes = [reader.locate(row, col)[1] for row, col, reader in tiles]
+        writer = target.writer(level, brow, bcol, sum(sizes) + 4 * len(sizes) if sizes else None)
         try:
             if isinstance(writer, ExplodedBlockWriter):
                 for key in removed:
                     writer.remove(*key)
-            result.bytes = self._write_tiles(tiles, writer, source)
+            if sizes is not None and hasattr(writer, "add_records"):
+                self._copy_runs(tiles, writer)
+                result.bytes = sum(
+                    size for (_, _, reader), size in zip(tiles, sizes) if reader is source)
+            else:
+                result.bytes = self._copy_tiles(tiles, writer, source)
             writer.commit()
         except BaseException:
             writer.abort()
@@ -299,18 +299,14 @@ class Exporter:
         result.removals = getattr(writer, "deferred_removals", [])
         return result
 
+    def _copy_runs(self, tiles: list, writer) -> None:
+        """Compact to compact: (row, col, reader) tiles copied as record runs, in order."""
+        for start in range(0, len(tiles), CANCEL_CHECK_EVERY):
+            self._check_stop()
+            copy_records(tiles[start : start + CANCEL_CHECK_EVERY], writer)
 
-    def _write_tiles(self, tiles: list, writer, source) -> int:
-        """Write (row, col, reader) tiles in order; return the bytes taken from `source`."""
-        if hasattr(writer, "add_records") and all(hasattr(r, "locate") for _, _, r in tiles):
-            exported = 0
-            for start in range(0, len(tiles), CANCEL_CHECK_EVERY):
-                self._check_stop()
-                chunk = tiles[start : start + CANCEL_CHECK_EVERY]
-                copied = copy_records(chunk, writer)
-                exported += copied if all(r is source for _, _, r in chunk) else sum(
-                    r.locate(row, col)[1] for row, col, r in chunk if r is source)
-            return exported
+    def _copy_tiles(self, tiles: list, writer, source) -> int:
+        """Tile by tile (exploded on either side); returns the bytes taken from `source`."""
         exported = 0
         for number, (row, col, reader) in enumerate(tiles):
             if number % CANCEL_CHECK_EVERY == 0:

@@ -118,6 +118,11 @@ class _RegionHandle:
             left -= len(chunk)
         return crc
 
+    def write_header(self, header: bytes) -> None:
+        """The member's local header, just before the region."""
+        self._file.seek(self._base - len(header))
+        self._file.write(header)
+
     def close(self) -> None:
         self._file.close()
 
@@ -131,8 +136,7 @@ class Region:
 
     def commit(self) -> None:
         self._entry.crc = self.handle.crc()
-        self.handle.seek(-self._entry.header_size)
-        self.handle._file.write(self._entry.local_header(*self._archive.dos_time))
+        self.handle.write_header(self._entry.local_header(*self._archive.dos_time))
         self.handle.close()
         self._entry.done = True
 

@@ -1,4 +1,5 @@
-"""Copying size-prefixed tile records between compact bundles in large contiguous runs.
+"""Size-prefixed tile records, the storage shared by Compact V1 and V2 bundles: reading,
+appending, and copying them between bundles in large contiguous runs.
 
 V1 and V2 bundles store a tile as `u32 size` + bytes. When consecutive tiles (in row-major
 order) also sit back to back in the source file, as ArcGIS and this tool write them, the whole
@@ -89,13 +90,11 @@ class _Run:
 
 def copy_records(
     tiles: Iterable[tuple[int, int, RecordReader]], writer: RecordWriter
-) -> int:
-    """Copy tiles (in output order, each with the reader holding it); return image bytes."""
+) -> None:
+    """Copy tiles (in output order, each with the reader holding it)."""
     run: Optional[_Run] = None
-    copied = 0
     for row, col, reader in tiles:
         offset, size = reader.locate(row, col)
-        copied += size
         if run is None or run.reader is not reader or offset - 4 != run.end or (
             run.end - run.start > MAX_RUN_BYTES
         ):
@@ -105,7 +104,6 @@ def copy_records(
         run.extend(row, col, offset, size)
     if run is not None:
         _flush(run, writer)
-    return copied
 
 
 def _flush(run: _Run, writer: RecordWriter) -> None:
