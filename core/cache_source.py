@@ -6,7 +6,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .cache_storage import LAYOUTS, Layout, Store
 from .conf_xml import parse_conf_cdi, parse_conf_xml
@@ -15,6 +15,9 @@ from .file_store import DirStore, ZipStore, find_case_insensitive
 from .geometry import Extent
 from .service_json import load_json, scheme_from_service_json
 from .tiling_scheme import StorageFormat, TilingScheme
+
+if TYPE_CHECKING:
+    from .service_source import ServiceInfo
 
 PACKAGE_SUFFIXES = (".tpk", ".tpkx")
 
@@ -25,8 +28,9 @@ class CacheSource:
     scheme: TilingScheme
     layout: Layout
     data_extent: Optional[Extent]
-    location: Path
+    location: Path | str  # a URL for a service
     is_package: bool
+    service: Optional[ServiceInfo] = None  # set for a REST tile service
 
     @property
     def store(self) -> Store:

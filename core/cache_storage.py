@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional, Protocol, Union
+from typing import Callable, Optional, Protocol, Union
 
 from . import bundle_v1, bundle_v2
 from .bundle_file import AtomicFile
@@ -18,6 +18,7 @@ from .file_store import DirStore, ZipStore
 from .tiling_scheme import PACKET_SIZE, StorageFormat, TileRange, bundle_origin, bundle_range
 
 Store = Union[DirStore, ZipStore]
+Wanted = Callable[[int, int], bool]
 LEVEL_RE = re.compile(r"^L(\d+)$", re.IGNORECASE)
 BUNDLE_RE = re.compile(r"^R([0-9a-f]+)C([0-9a-f]+)\.bundle$", re.IGNORECASE)
 ROW_RE = re.compile(r"^R([0-9a-f]{8})$", re.IGNORECASE)
@@ -80,8 +81,17 @@ class Layout:
     def bundle_keys(self, level: int, window: Optional[TileRange]) -> list[tuple[int, int]]:
         raise NotImplementedError
 
-    def open_bundle(self, level: int, brow: int, bcol: int) -> Optional[BundleReader]:
+    def open_bundle(self, level: int, brow: int, bcol: int, wanted: Optional[Wanted] = None
+                    ) -> Optional[BundleReader]:
+        """The bundle's reader, None when it has no tile. `wanted(row, col)` names the tiles
+        the caller will read: a remote layout fetches only those, a local one ignores it."""
         raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Stop work under way in other threads (downloads); local layouts have none."""
+
+    def idle(self) -> None:
+        """Called while the exporter waits: a remote layout lets the event loop run."""
 
     def member_paths(self, level: int, brow: int, bcol: int) -> list[str]:
         """Store paths of the files that make up one bundle (for verbatim package copies)."""
@@ -123,7 +133,8 @@ class _BundledLayout(Layout):
 class CompactV2Layout(_BundledLayout):
     storage = StorageFormat.COMPACT_V2
 
-    def open_bundle(self, level: int, brow: int, bcol: int) -> Optional[BundleReader]:
+    def open_bundle(self, level: int, brow: int, bcol: int, wanted: Optional[Wanted] = None
+                    ) -> Optional[BundleReader]:
         stem = self._stem(level, brow, bcol)
         if stem is None:
             return None
@@ -142,7 +153,8 @@ class CompactV2Layout(_BundledLayout):
 class CompactV1Layout(_BundledLayout):
     storage = StorageFormat.COMPACT
 
-    def open_bundle(self, level: int, brow: int, bcol: int) -> Optional[BundleReader]:
+    def open_bundle(self, level: int, brow: int, bcol: int, wanted: Optional[Wanted] = None
+                    ) -> Optional[BundleReader]:
         stem = self._stem(level, brow, bcol)
         if stem is None:
             return None
@@ -233,7 +245,8 @@ class ExplodedLayout(Layout):
                         paths[(row, col)] = self._path(folder, row_folder, name)
         return paths
 
-    def open_bundle(self, level: int, brow: int, bcol: int) -> Optional[BundleReader]:
+    def open_bundle(self, level: int, brow: int, bcol: int, wanted: Optional[Wanted] = None
+                    ) -> Optional[BundleReader]:
         paths = self._block_paths(level, brow, bcol)
         return _ExplodedBlock(self.store, paths) if paths else None
 

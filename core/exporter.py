@@ -26,6 +26,7 @@ from .thumbnail import draw_thumbnail
 from .tiling_scheme import StorageFormat, TileRange
 
 CANCEL_CHECK_EVERY = 256
+WAIT_SLICE = 0.05  # seconds between checks for cancel (and event-loop turns) while waiting
 MAX_AUTO_WORKERS = 8
 
 
@@ -144,6 +145,7 @@ class Exporter:
             per_level = {level: LevelResult(level) for level in self.levels}
             finish = Finish(self.source.scheme, [], Extent(0, 0, 0, 0), None)
             extent: Optional[Extent] = None
+            ranges: dict[int, TileRange] = {}
             for result in results:
                 summary = per_level[result.level]
                 summary.tiles += result.tiles
@@ -153,6 +155,7 @@ class Exporter:
                     finish.touched.add((result.level, result.brow, result.bcol))
                 finish.deferred_removals.extend(result.removals)
                 if result.tile_range is not None:
+                    ranges[result.level] = result.tile_range.union(ranges.get(result.level))
                     tile_extent = self.source.scheme.range_extent(result.level, result.tile_range)
                     extent = tile_extent.union(extent)
             total = sum(s.tiles for s in per_level.values())
@@ -170,7 +173,7 @@ class Exporter:
             if self.options.package:
                 scheme = self.source.scheme
                 finish.thumbnail = draw_thumbnail(
-                    self.source.layout, finish.levels, (scheme.tile_cols, scheme.tile_rows),
+                    self.source.layout, ranges, (scheme.tile_cols, scheme.tile_rows),
                     self.selection.contains,
                 )
             if self._is_canceled():
@@ -210,7 +213,8 @@ class Exporter:
                         pending.add(pool.submit(self._run_bundle, target, *task))
                     if not pending:
                         break
-                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    done, pending = wait(pending, timeout=WAIT_SLICE, return_when=FIRST_COMPLETED)
+                    self.source.layout.idle()
                     for future in done:
                         result = future.result()
                         results.append(result)
@@ -223,6 +227,7 @@ class Exporter:
                     self._progress(len(results) / len(tasks))
             except BaseException:
                 self._stop.set()
+                self.source.layout.cancel()
                 for future in pending:
                     future.cancel()
                 raise
@@ -234,30 +239,30 @@ class Exporter:
 
     def _run_bundle(self, target: Target, level: int, brow: int, bcol: int) -> _TaskResult:
         self._check_stop()
-        source = self.source.layout.open_bundle(level, brow, bcol)
+        coverage = self.selection.bundle_coverage(level, brow, bcol)
+
+        def wanted(row: int, col: int) -> bool:
+            return coverage is Coverage.ALL or self.selection.contains(level, row, col)
+
+        source = self.source.layout.open_bundle(level, brow, bcol, wanted)
         old = None
         if target.existing is not None:
             old = target.existing.layout.open_bundle(level, brow, bcol)
         try:
-            return self._copy_bundle(target, level, brow, bcol, source, old)
+            return self._copy_bundle(target, level, brow, bcol, source, old, wanted)
         finally:
             for reader in (source, old):
                 if reader is not None:
                     reader.close()
 
-    def _copy_bundle(self, target, level, brow, bcol, source, old) -> _TaskResult:
-        coverage = self.selection.bundle_coverage(level, brow, bcol)
-
-        def selected(key: tuple[int, int]) -> bool:
-            return coverage is Coverage.ALL or self.selection.contains(level, *key)
-
-        exported = [key for key in source.present() if selected(key)] if source else []
+    def _copy_bundle(self, target, level, brow, bcol, source, old, wanted) -> _TaskResult:
+        exported = [key for key in source.present() if wanted(*key)] if source else []
         exported_set = set(exported)
         kept, removed = [], []
         for key in old.present() if old else []:
             if key in exported_set:
                 continue
-            if selected(key) and self.options.overwrite:
+            if wanted(*key) and self.options.overwrite:
                 removed.append(key)
             else:
                 kept.append(key)

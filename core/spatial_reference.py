@@ -139,6 +139,8 @@ class SpatialReference:
             for xml_key, json_key in DOMAIN_KEYS
             if isinstance(data.get(json_key), (int, float))
         )
+        if domain:  # JSON has no HighPrecision; every domain ArcGIS 10+ writes is high precision
+            domain += (("HighPrecision", "true"),)
         return cls(
             wkid=_int_or_none(data.get("wkid")),
             latest_wkid=_int_or_none(data.get("latestWkid")),

@@ -7,6 +7,7 @@ from typing import Callable, Optional
 from PIL import Image
 
 from .cache_storage import Layout
+from .tiling_scheme import TileRange
 
 SIZE = (200, 133)
 MAX_TILES = 4  # per side of the mosaic
@@ -14,52 +15,47 @@ MAX_TILES = 4  # per side of the mosaic
 
 def draw_thumbnail(
     layout: Layout,
-    levels: list[int],
+    ranges: dict[int, TileRange],
     tile_size: tuple[int, int],
     selected: Callable[[int, int, int], bool],
 ) -> bytes:
     """Mosaic up to 4x4 exported tiles (those `selected`) of the first level, coarse to fine,
-    that spans two or more tiles."""
-    chosen: Optional[tuple[int, list[tuple[int, int]]]] = None
-    for level in sorted(levels):
-        present = []
-        for key in layout.bundle_keys(level, None):
-            reader = layout.open_bundle(level, *key)
-            if reader is not None:
-                present.extend(k for k in reader.present() if selected(level, *k))
-                reader.close()
-        if present:
-            chosen = (level, present)
-            rows = {r for r, _ in present}
-            cols = {c for _, c in present}
-            if len(rows) > 1 or len(cols) > 1:
-                break
+    whose exported tiles (`ranges`, per level) span two or more tiles."""
+    chosen: Optional[int] = None
+    for level in sorted(ranges):
+        chosen = level
+        if ranges[level].count > 1:
+            break
     canvas = Image.new("RGB", SIZE, "white")
     if chosen is not None:
-        level, present = chosen
-        canvas.paste(_mosaic(layout, level, present, tile_size), (0, 0))
+        mosaic = _mosaic(layout, chosen, ranges[chosen], tile_size, selected)
+        canvas.paste(mosaic, (0, 0))
     out = io.BytesIO()
     canvas.save(out, "PNG")
     return out.getvalue()
 
 
-def _mosaic(layout: Layout, level: int, present: list[tuple[int, int]], tile_size) -> Image.Image:
-    rows = sorted({r for r, _ in present})
-    cols = sorted({c for _, c in present})
-    mid_row, mid_col = rows[len(rows) // 2], cols[len(cols) // 2]
-    row0 = max(rows[0], min(mid_row - MAX_TILES // 2, rows[-1] - MAX_TILES + 1))
-    col0 = max(cols[0], min(mid_col - MAX_TILES // 2, cols[-1] - MAX_TILES + 1))
-    nrows = min(MAX_TILES, rows[-1] - row0 + 1)
-    ncols = min(MAX_TILES, cols[-1] - col0 + 1)
+def _mosaic(layout: Layout, level: int, tiles: TileRange, tile_size,
+            selected: Callable[[int, int, int], bool]) -> Image.Image:
+    """The 4x4 (at most) tiles around the middle of the exported range."""
+    mid_row, mid_col = (tiles.row_min + tiles.row_max) // 2, (tiles.col_min + tiles.col_max) // 2
+    row0 = max(tiles.row_min, min(mid_row - MAX_TILES // 2, tiles.row_max - MAX_TILES + 1))
+    col0 = max(tiles.col_min, min(mid_col - MAX_TILES // 2, tiles.col_max - MAX_TILES + 1))
+    window = TileRange(row0, min(tiles.row_max, row0 + MAX_TILES - 1),
+                       col0, min(tiles.col_max, col0 + MAX_TILES - 1))
     width, height = tile_size
-    mosaic = Image.new("RGBA", (ncols * width, nrows * height), (255, 255, 255, 255))
-    wanted = {(r, c) for r, c in present if 0 <= r - row0 < nrows and 0 <= c - col0 < ncols}
-    for brow, bcol in {(r - r % 128, c - c % 128) for r, c in wanted}:
-        reader = layout.open_bundle(level, brow, bcol)
+    mosaic = Image.new("RGBA", ((window.col_max - col0 + 1) * width,
+                                (window.row_max - row0 + 1) * height), (255, 255, 255, 255))
+
+    def wanted(row: int, col: int) -> bool:
+        return window.contains(row, col) and selected(level, row, col)
+
+    for brow, bcol in window.bundles():
+        reader = layout.open_bundle(level, brow, bcol, wanted)
         if reader is None:
             continue
         for row, col in reader.present():
-            if (row, col) in wanted:
+            if wanted(row, col):
                 try:
                     tile = Image.open(io.BytesIO(reader.read(row, col))).convert("RGBA")
                 except OSError:

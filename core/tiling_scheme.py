@@ -63,6 +63,12 @@ class TileRange:
             return None
         return result
 
+    def union(self, other: Optional[TileRange]) -> TileRange:
+        if other is None:
+            return self
+        return TileRange(min(self.row_min, other.row_min), max(self.row_max, other.row_max),
+                         min(self.col_min, other.col_min), max(self.col_max, other.col_max))
+
     def bundles(self) -> Iterable[tuple[int, int]]:
         """Top-left (row, col) of every bundle the range touches, row-major."""
         for brow in range(bundle_origin(self.row_min), self.row_max + 1, PACKET_SIZE):

@@ -10,6 +10,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
+    QgsProcessingParameterAuthConfig,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
@@ -20,15 +21,24 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from ..core.cache_source import open_cache
+from ..core.cache_source import CacheSource, open_cache
 from ..core.errors import CacheError, ExportCanceled
+from ..core.estimate import area_tile_count, estimate, format_size
 from ..core.exporter import Exporter, ExportOptions, auto_workers
+from ..core.http_client import FetchPolicy
 from ..core.level_selection import select_levels
 from ..core.selection import ExtentSelection, PolygonSelection, Selection
+from ..core.service_source import open_service
+from ..core.service_url import is_service_url
 from ..core.tiling_scheme import StorageFormat
+from .input_layers import resolve_input
+from .qgis_network import QgisTransport
 from .qgis_values import aoi_wkb, cache_crs, lonlat_extent, to_extent
+from .secret_parameter import SecretStringParameter
 
 ICON = Path(__file__).resolve().parent.parent / "icon.png"
+DEFAULT_MAX_TILES = 100_000  # the REST API's default maxExportTilesCount
+MAX_REQUESTS_PER_HOST = 8
 CACHE_TYPES = ("CACHE_DATASET", "TILE_PACKAGE")
 STORAGE_FORMATS = (StorageFormat.COMPACT, StorageFormat.COMPACT_V2, StorageFormat.EXPLODED)
 
@@ -76,8 +86,14 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
     AREA_OF_INTEREST = "AREA_OF_INTEREST"
     EXPORT_EXTENT = "EXPORT_EXTENT"
     OVERWRITE = "OVERWRITE"
+    AUTHCFG = "AUTHCFG"
+    TOKEN = "TOKEN"
+    MAX_REQUESTS_PER_SECOND = "MAX_REQUESTS_PER_SECOND"
+    MAX_TILE_COUNT = "MAX_TILE_COUNT"
+    ESTIMATE_ONLY = "ESTIMATE_ONLY"
     OUTPUT_CACHE_PATH = "OUTPUT_CACHE_PATH"
     TILE_COUNT = "TILE_COUNT"
+    BYTE_COUNT = "BYTE_COUNT"
 
     def name(self) -> str:
         return "exportmapservercache"
@@ -128,9 +144,33 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(
             self.OVERWRITE, "Overwrite the export area in an existing cache",
             defaultValue=False))
+        self.addParameter(QgsProcessingParameterAuthConfig(
+            self.AUTHCFG, "Authentication (services)", optional=True))
+        self.addParameter(SecretStringParameter(
+            self.TOKEN, "ArcGIS token (services; sent as a header, never logged)"))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.MAX_REQUESTS_PER_SECOND, "Most requests per second (services; 0 = no limit)",
+            type=QgsProcessingParameterNumber.Double, defaultValue=0, minValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.MAX_TILE_COUNT, "Most tiles to download (services; 0 = no limit)",
+            type=QgsProcessingParameterNumber.Integer, defaultValue=DEFAULT_MAX_TILES,
+            minValue=0))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.ESTIMATE_ONLY, "Only estimate the tile count and size; write nothing",
+            defaultValue=False))
         self.addOutput(QgsProcessingOutputFile(
             self.OUTPUT_CACHE_PATH, "Exported cache (Layers folder or package file)"))
-        self.addOutput(QgsProcessingOutputNumber(self.TILE_COUNT, "Tiles exported"))
+        self.addOutput(QgsProcessingOutputNumber(self.TILE_COUNT, "Tiles exported (estimated)"))
+        self.addOutput(QgsProcessingOutputNumber(self.BYTE_COUNT, "Bytes exported (estimated)"))
+
+    def prepareAlgorithm(self, parameters, context, feedback) -> bool:
+        """Project layers are read here, on the main thread (qgis-notes §5)."""
+        text = self.parameterAsString(parameters, self.INPUT_SERVICE, context).strip()
+        try:
+            self._input = resolve_input(text, context)
+        except QgsProcessingException as exc:
+            self._input = exc  # raised by processAlgorithm, where every input error is reported
+        return True
 
     def processAlgorithm(self, parameters, context, feedback):
         try:
@@ -146,9 +186,10 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             ) from None
 
     def _export(self, parameters, context, feedback):
-        input_path = self.parameterAsString(parameters, self.INPUT_SERVICE, context).strip()
-        if not input_path:
-            raise QgsProcessingException("INPUT_SERVICE is empty: give a cache folder or package.")
+        resolved = getattr(self, "_input", None) or resolve_input(
+            self.parameterAsString(parameters, self.INPUT_SERVICE, context).strip(), context)
+        if isinstance(resolved, QgsProcessingException):
+            raise resolved
         package = self.parameterAsEnum(parameters, self.EXPORT_CACHE_TYPE, context) == 1
         storage = STORAGE_FORMATS[
             self.parameterAsEnum(parameters, self.STORAGE_FORMAT_TYPE, context)]
@@ -159,38 +200,74 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             )
         target = self.parameterAsString(parameters, self.TARGET_CACHE_PATH, context)
         workers = self.parameterAsInt(parameters, self.NUM_OF_CACHING_SERVICE_INSTANCES, context)
+        remote = is_service_url(resolved.location)
+        if workers <= 0:
+            workers = MAX_REQUESTS_PER_HOST if remote else auto_workers()
 
-        source = open_cache(input_path)
+        transport = None
+        if remote:
+            transport = QgisTransport(workers, resolved.authcfg or self.parameterAsString(
+                parameters, self.AUTHCFG, context) or "")
+            rate = self.parameterAsDouble(parameters, self.MAX_REQUESTS_PER_SECOND, context)
+            source = open_service(
+                resolved.location, transport,
+                self.parameterAsString(parameters, self.TOKEN, context).strip() or None,
+                FetchPolicy(requests_per_second=rate))
+        else:
+            source = open_cache(resolved.location)
         try:
-            scheme = source.scheme
-            levels = select_levels(
-                self.parameterAsString(parameters, self.LEVELS, context) or "",
-                self.parameterAsString(parameters, self.SCALES, context) or "",
-                scheme,
-            )
-            selection = self._selection(parameters, context, feedback, scheme)
-            feedback.pushInfo(
-                f"Input: {source.location} ({scheme.storage_format.label}, {scheme.tile_format}, "
-                f"{scheme.tile_cols}x{scheme.tile_rows} px, {scheme.spatial_reference.describe()})")
-            feedback.pushInfo(f"Levels: {','.join(map(str, levels))}")
-            crs_extent = selection.bounds() or source.data_extent
-            options = ExportOptions(
-                target_dir=Path(target),
-                storage=storage,
-                package=package,
-                overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
-                staged=self.parameterAsBool(parameters, self.COPY_DATA_FROM_SERVER, context),
-                workers=workers if workers > 0 else auto_workers(),
-                geographic_extent=self._lonlat(crs_extent, scheme),
-            )
-            feedback.pushInfo(f"Workers: {options.workers}")
-            result = Exporter(
-                source, levels, selection, options,
-                progress=lambda fraction: feedback.setProgress(100.0 * fraction),
-                is_canceled=feedback.isCanceled,
-            ).run()
+            return self._run(source, parameters, context, feedback, target, package, storage,
+                             workers)
         finally:
             source.close()
+            if transport is not None:
+                transport.close()
+
+    def _run(self, source: CacheSource, parameters, context, feedback, target, package, storage,
+             workers):
+        scheme = source.scheme
+        levels = select_levels(
+            self.parameterAsString(parameters, self.LEVELS, context) or "",
+            self.parameterAsString(parameters, self.SCALES, context) or "",
+            scheme,
+        )
+        selection = self._selection(parameters, context, feedback, scheme)
+        kind = "service" if source.service else scheme.storage_format.label
+        feedback.pushInfo(
+            f"Input: {source.location} ({kind}, {scheme.tile_format}, "
+            f"{scheme.tile_cols}x{scheme.tile_rows} px, {scheme.spatial_reference.describe()})")
+        if source.service is not None:
+            feedback.pushInfo(f"Service: {source.service.describe()}")
+            levels = self._service_levels(source, levels, feedback)
+            self._check_tile_limit(source, levels, selection, parameters, context)
+        feedback.pushInfo(f"Levels: {','.join(map(str, levels))}")
+        estimates = estimate(source, levels, selection, feedback.isCanceled)
+        for level in estimates:
+            feedback.pushInfo(level.describe())
+        planned = sum(e.tiles for e in estimates)
+        planned_bytes = sum(e.bytes for e in estimates)
+        feedback.pushInfo(f"Total: {planned} tiles, about {format_size(planned_bytes)}")
+        if self.parameterAsBool(parameters, self.ESTIMATE_ONLY, context):
+            feedback.pushInfo("ESTIMATE_ONLY is set: nothing was written.")
+            return {self.TARGET_CACHE_PATH: target, self.OUTPUT_CACHE_PATH: "",
+                    self.TILE_COUNT: planned, self.BYTE_COUNT: planned_bytes}
+        crs_extent = selection.bounds() or source.data_extent
+        options = ExportOptions(
+            target_dir=Path(target),
+            storage=storage,
+            package=package,
+            overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+            staged=self.parameterAsBool(parameters, self.COPY_DATA_FROM_SERVER, context),
+            workers=workers,
+            geographic_extent=self._lonlat(crs_extent, scheme),
+        )
+        feedback.pushInfo(
+            f"{'Concurrent requests' if source.service else 'Workers'}: {options.workers}")
+        result = Exporter(
+            source, levels, selection, options,
+            progress=lambda fraction: feedback.setProgress(100.0 * fraction),
+            is_canceled=feedback.isCanceled,
+        ).run()
         for level in result.levels:
             feedback.pushInfo(
                 f"Level {level.level}: {level.tiles} tiles, {level.bytes} bytes")
@@ -198,11 +275,52 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(
             f"Exported {result.tile_count} tiles ({result.byte_count} bytes) in "
             f"{result.seconds:.2f} s ({rate:.0f} tiles/s) to {result.output_path}")
+        if source.service is not None:
+            client = source.layout.client
+            feedback.pushInfo(
+                f"Requests: {client.requests}, retried: {client.tally.retries}")
         return {
             self.TARGET_CACHE_PATH: target,
             self.OUTPUT_CACHE_PATH: str(result.output_path),
             self.TILE_COUNT: result.tile_count,
+            self.BYTE_COUNT: result.byte_count,
         }
+
+    @staticmethod
+    def _service_levels(source: CacheSource, levels: list[int], feedback) -> list[int]:
+        """Levels outside the service's minLOD..maxLOD have no tiles to download."""
+        info = source.service
+        kept = [level for level in levels if info.min_level <= level <= info.max_level]
+        if len(kept) < len(levels):
+            left_out = sorted(set(levels) - set(kept))
+            feedback.pushWarning(
+                f"Levels {','.join(map(str, left_out))} are outside the service's levels "
+                f"{info.min_level}-{info.max_level} and are left out.")
+        if not kept:
+            raise QgsProcessingException(
+                f"None of the chosen levels is served: the service has levels "
+                f"{info.min_level}-{info.max_level}.")
+        return kept
+
+    def _check_tile_limit(self, source, levels, selection, parameters, context) -> None:
+        """MAX_TILE_COUNT, counted as exportTiles counts: tiles of the export area."""
+        limit = self.parameterAsInt(parameters, self.MAX_TILE_COUNT, context)
+        if limit <= 0:
+            return
+        counts = {}
+        for level in levels:
+            counts[level] = area_tile_count(source, level, selection)
+            if sum(counts.values()) > limit:
+                break
+        total = sum(counts.values())
+        if total > limit:
+            shown = ", ".join(f"level {level}: {n}" for level, n in counts.items())
+            more = " or more" if len(counts) < len(levels) else ""
+            raise QgsProcessingException(
+                f"The export would download {total}{more} tiles ({shown}{more and ', …'}), more "
+                f"than MAX_TILE_COUNT ({limit}). Choose fewer levels or a smaller extent or "
+                "area of interest, or raise MAX_TILE_COUNT (0 = no limit) if you may download "
+                "that many tiles from this service.")
 
     def _selection(self, parameters, context, feedback, scheme) -> Selection:
         has_aoi = parameters.get(self.AREA_OF_INTEREST) not in (None, "")

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# make demo: export a country from the bundled sample cache (sample/world_map, rendered by
-# scripts/render_sample.py) through the real Processing algorithm run by qgis_process, once as a
-# tile package (.tpkx) and once as a Compact V2 cache dataset, and show what came out.
+# make demo: serve the bundled sample cache (sample/world_map, rendered by
+# scripts/render_sample.py) as an ArcGIS REST MapServer on 127.0.0.1 (scripts/arcgis_rest_server.py,
+# 20 ms latency per request), download a country from it over HTTP through the real Processing
+# algorithm run by qgis_process, once as a tile package (.tpkx) and once as a Compact V2 cache
+# dataset, and show what came out.
 #
 # Needs only the Debian QGIS packages (qgis_process.bin, python3-qgis, gdal-bin): no venv, no
-# network. Environment overrides:
+# outside network. Environment overrides:
 #   DEMO_OUT        output folder (default ./demo-output; cleared first)
 #   EXPORT_EXTENT   "xmin,xmax,ymin,ymax [EPSG:4326]" (default: metropolitan France)
-#   LEVELS          levels to export (default: all levels of the sample)
+#   LEVELS          levels to export (default: 0-5, the levels the sample has tiles at)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +20,7 @@ PY=/usr/bin/python3
 SAMPLE="$REPO/sample/world_map/Layers"
 DEMO_OUT="${DEMO_OUT:-$REPO/demo-output}"
 EXPORT_EXTENT="${EXPORT_EXTENT:--5.2,9.6,41.3,51.1 [EPSG:4326]}"
-LEVELS="${LEVELS:-}"
+LEVELS="${LEVELS:-0-5}"
 
 for tool in qgis_process.bin gdalinfo "$PY"; do
   command -v "$tool" >/dev/null || { echo "ERROR: $tool not found (run 'make deps')." >&2; exit 1; }
@@ -57,7 +59,16 @@ mkdir -p "$DEMO_OUT"
 touch "$DEMO_OUT/.export-map-server-cache-demo"
 DEMO_OUT="$(cd "$DEMO_OUT" && pwd)"
 
-echo "Input:  $SAMPLE"
+# The loopback ArcGIS REST service, stopped when the demo ends.
+"$PY" scripts/arcgis_rest_server.py "$SAMPLE" --name world_map --latency 0.02 \
+  --ready-file "$TMP/ready" >"$TMP/server.out" 2>"$TMP/server.err" &
+SERVER_PID=$!
+trap 'kill "$SERVER_PID" 2>/dev/null; rm -rf "$TMP"' EXIT
+for _ in $(seq 100); do [ -s "$TMP/ready" ] && break; sleep 0.1; done
+[ -s "$TMP/ready" ] || { cat "$TMP/server.err" >&2; echo "ERROR: the server did not start." >&2; exit 1; }
+SERVICE="$(cat "$TMP/ready")"
+
+echo "Input:  $SERVICE (serving $SAMPLE)"
 echo "Extent: $EXPORT_EXTENT   Levels: ${LEVELS:-all}"
 echo "Output: $DEMO_OUT"
 
@@ -65,7 +76,7 @@ echo "Output: $DEMO_OUT"
 run_export() {
   local label="$1" cache_type="$2" target="$3" json="$TMP/$1.json" start end
   local args=(
-    "INPUT_SERVICE=$SAMPLE" "TARGET_CACHE_PATH=$target" "EXPORT_CACHE_TYPE=$cache_type"
+    "INPUT_SERVICE=$SERVICE" "TARGET_CACHE_PATH=$target" "EXPORT_CACHE_TYPE=$cache_type"
     "STORAGE_FORMAT_TYPE=1" "EXPORT_EXTENT=$EXPORT_EXTENT"
   )
   if [ -n "$LEVELS" ]; then args+=("LEVELS=$LEVELS"); fi
@@ -103,6 +114,8 @@ for level, tiles, size in with_tiles:
     print(f"  level {level:2d}   {tiles:6d} tiles {size:10d} bytes")
 print(f"  total      {results['TILE_COUNT']:6d} tiles {int(m[2]):10d} bytes of tile data")
 print(f"  seconds    {float(m[3]):.2f} export, {os.environ['WALL']} qgis_process wall clock")
+requests = next((line for line in info if line.startswith("Requests: ")), "")
+print(f"  HTTP       {requests}")
 print(f"  output     {path} ({on_disk} bytes on disk)")
 EOF
 }

@@ -112,7 +112,7 @@ def test_root_json_round_trips_through_the_service_json_reader():
     assert root_json(SCHEME, "x", 2, 5, extent).index(b"tileBundlesPath") < 512
     scheme = scheme_from_service_json(root, "root.json")
     assert scheme.spatial_reference.same_crs(SCHEME.spatial_reference)
-    assert scheme.spatial_reference.domain == SCHEME.spatial_reference.domain[:-1]  # no flag
+    assert scheme.spatial_reference.domain == SCHEME.spatial_reference.domain  # flag restored
     assert replace(scheme, spatial_reference=SCHEME.spatial_reference) == SCHEME
     assert (root["minLOD"], root["maxLOD"]) == (2, 5)
     assert scheme.full_extent == extent

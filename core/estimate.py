@@ -1,0 +1,150 @@
+"""How many tiles an export takes and how big it will be, per level, before anything is written
+(the `estimateExportTilesSize` of the REST API, spec §7.4).
+
+Local caches are counted exactly from their bundle indexes. Services are counted from their
+tilemap where they have one; otherwise every tile of the export area is a candidate, and a few
+sampled tiles per level give the share that exists and the average size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .cache_source import CacheSource
+from .errors import CacheError
+from .selection import Coverage, ExtentSelection, Selection
+from .service_source import ServiceLayout
+from .tiling_scheme import TileRange, bundle_range
+
+SAMPLES_PER_LEVEL = 6
+MAX_SAMPLE_POOL = 512
+MAX_COUNTED_BUNDLES = 1_000_000
+
+
+@dataclass
+class LevelEstimate:
+    level: int
+    area_tiles: int  # tiles of the export area (what the REST API's tile limit counts)
+    tiles: int  # tiles expected to be exported
+    bytes: int
+    counted: bool  # tiles counted one by one (index or tilemap), not extrapolated
+
+    def describe(self) -> str:
+        how = "" if self.counted else " (estimated from samples)"
+        return (f"Level {self.level}: {self.tiles} tiles{how}, about {format_size(self.bytes)}"
+                f" ({self.area_tiles} tiles in the export area)")
+
+
+def area_tile_count(source: CacheSource, level: int, selection: Selection) -> int:
+    """Tiles in the export area at one level, as exportTiles counts them; for a service it is
+    bounded by the service's extent, for a local cache by its bundles."""
+    layout = source.layout
+    window = selection.window(level)
+    if isinstance(layout, ServiceLayout):
+        window = layout.area(level, window)
+        if window is None:
+            return 0
+    if type(selection) in (Selection, ExtentSelection) and isinstance(layout, ServiceLayout):
+        return window.count
+    total = 0
+    for number, (brow, bcol) in enumerate(layout.bundle_keys(level, window)):
+        if number >= MAX_COUNTED_BUNDLES:
+            raise CacheError(
+                f"Level {level} spans more than {MAX_COUNTED_BUNDLES} bundles in the export "
+                "area: choose fewer levels or a smaller EXPORT_EXTENT / AREA_OF_INTEREST.")
+        total += _count_in_bundle(level, brow, bcol, window, selection)
+    return total
+
+
+def _count_in_bundle(level: int, brow: int, bcol: int, window: Optional[TileRange],
+                     selection: Selection) -> int:
+    block = bundle_range(brow, bcol)
+    block = block.intersection(window) if window is not None else block
+    if block is None:
+        return 0
+    coverage = selection.bundle_coverage(level, brow, bcol)
+    if coverage is Coverage.NONE:
+        return 0
+    if coverage is Coverage.ALL or type(selection) in (Selection, ExtentSelection):
+        return block.count
+    return sum(1 for row in range(block.row_min, block.row_max + 1)
+               for col in range(block.col_min, block.col_max + 1)
+               if selection.contains(level, row, col))
+
+
+def estimate(source: CacheSource, levels: list[int], selection: Selection,
+             is_canceled: Callable[[], bool] = lambda: False) -> list[LevelEstimate]:
+    """Per-level counts and sizes; the service is asked only for tilemaps and a few samples."""
+    result = []
+    present_levels = source.layout.levels()
+    for level in levels:
+        if is_canceled():
+            raise CacheError("The estimate was canceled.")
+        if level not in present_levels:
+            result.append(LevelEstimate(level, 0, 0, 0, True))
+            continue
+        area = area_tile_count(source, level, selection)
+        if isinstance(source.layout, ServiceLayout):
+            result.append(_service_level(source.layout, level, selection, area))
+        else:
+            result.append(_local_level(source, level, selection, area))
+    return result
+
+
+def _wanted(selection: Selection, level: int, brow: int, bcol: int):
+    coverage = selection.bundle_coverage(level, brow, bcol)
+    return lambda row, col: coverage is Coverage.ALL or selection.contains(level, row, col)
+
+
+def _local_level(source: CacheSource, level: int, selection: Selection, area: int
+                 ) -> LevelEstimate:
+    tiles = size = 0
+    layout = source.layout
+    for brow, bcol in layout.bundle_keys(level, selection.window(level)):
+        if selection.bundle_coverage(level, brow, bcol) is Coverage.NONE:
+            continue
+        wanted = _wanted(selection, level, brow, bcol)
+        reader = layout.open_bundle(level, brow, bcol, wanted)
+        if reader is None:
+            continue
+        try:
+            for row, col in reader.present():
+                if wanted(row, col):
+                    tiles += 1
+                    size += (reader.locate(row, col)[1] if hasattr(reader, "locate")
+                             else len(reader.read(row, col)))
+        finally:
+            reader.close()
+    return LevelEstimate(level, area, tiles, size, True)
+
+
+def _service_level(layout: ServiceLayout, level: int, selection: Selection, area: int
+                   ) -> LevelEstimate:
+    candidates = 0
+    samples: list[tuple[int, int]] = []
+    for brow, bcol in layout.bundle_keys(level, selection.window(level)):
+        if selection.bundle_coverage(level, brow, bcol) is Coverage.NONE:
+            continue
+        keys = layout.wanted_tiles(level, brow, bcol, _wanted(selection, level, brow, bcol))
+        keys = layout.present(level, keys)
+        candidates += len(keys)
+        if keys and len(samples) < MAX_SAMPLE_POOL:
+            samples.extend(keys[len(keys) // (2 * SAMPLES_PER_LEVEL)::
+                                max(1, len(keys) // SAMPLES_PER_LEVEL)][:SAMPLES_PER_LEVEL])
+    counted = layout.tilemap_usable
+    step = max(1, len(samples) // SAMPLES_PER_LEVEL)
+    picked = samples[::step][:SAMPLES_PER_LEVEL]
+    sizes = [len(data) for data in layout.fetch_samples(level, picked) if data is not None]
+    average = sum(sizes) / len(sizes) if sizes else 0
+    # without a tilemap the samples also tell which share of the candidates exists
+    tiles = candidates if counted or not picked else round(candidates * len(sizes) / len(picked))
+    return LevelEstimate(level, area, tiles, round(tiles * average), counted)
+
+
+def format_size(count: int) -> str:
+    value = float(count)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} bytes"

@@ -1,0 +1,120 @@
+"""The engine's network transport on QGIS networking: `QgsBlockingNetworkRequest` on the threads
+of a private `QThreadPool`, so the user's proxy, SSL, timeout and authentication settings apply
+(qgis-notes §5, §7: Python threads would lose the timeout)."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, wait
+from typing import Callable
+
+from qgis.core import QgsBlockingNetworkRequest
+from qgis.PyQt.QtCore import QCoreApplication, QEventLoop, QRunnable, QThread, QThreadPool, QUrl
+from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
+
+from ..core.http_client import HttpResponse
+
+_RETIRED: list[QThreadPool] = []  # closed pools whose last requests are still under way
+
+
+class _Job(QRunnable):
+    def __init__(self, future: Future, fn: Callable, args: tuple, done: Callable):
+        super().__init__()
+        self.setAutoDelete(False)  # Python keeps the reference until it has run
+        self._future, self._fn, self._args, self._done = future, fn, args, done
+
+    def run(self) -> None:
+        try:
+            if self._future.set_running_or_notify_cancel():
+                try:
+                    self._future.set_result(self._fn(*self._args))
+                except BaseException as exc:  # handed to whoever waits on the future
+                    self._future.set_exception(exc)
+        finally:
+            self._done(self)
+
+
+class QgisTransport:
+    """Runs engine functions on `concurrency` QThreadPool threads; `get` uses QGIS's stack."""
+
+    def __init__(self, concurrency: int, authcfg: str = ""):
+        self._pool = QThreadPool()
+        self._pool.setMaxThreadCount(max(1, concurrency))
+        self._concurrency = max(1, concurrency)
+        self._authcfg = authcfg
+        self._canceled = threading.Event()
+        self._lock = threading.Lock()
+        self._jobs: set[_Job] = set()
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
+    def submit(self, fn: Callable, *args) -> Future:
+        future: Future = Future()
+        job = _Job(future, fn, args, self._finished)
+        with self._lock:
+            self._jobs.add(job)
+        self._pool.start(job)
+        return future
+
+    def result(self, future: Future):
+        while not future.done():
+            wait([future], timeout=0.02)
+            self.idle()
+        return future.result()
+
+    def idle(self) -> None:
+        """On the main thread (qgis_process runs algorithms there), let Qt deliver what the
+        network threads send it, e.g. QGIS's handling of an authentication challenge."""
+        app = QCoreApplication.instance()
+        if app is not None and QThread.currentThread() == app.thread():
+            QCoreApplication.processEvents(QEventLoop.AllEvents, 20)
+
+    def _finished(self, job: _Job) -> None:
+        with self._lock:
+            self._jobs.discard(job)
+
+    def cancel(self) -> None:
+        """Later requests fail at once; those under way finish on their own. (Aborting them
+        through a QgsFeedback left QgsBlockingNetworkRequest stuck in 3.22, qgis-notes §7.)"""
+        self._canceled.set()
+
+    def close(self) -> None:
+        """Returns at once: the pool is kept alive until its last request has finished."""
+        self.cancel()
+        _RETIRED[:] = [pool for pool in _RETIRED if pool.activeThreadCount()]
+        if self._pool.activeThreadCount():
+            _RETIRED.append(self._pool)
+
+    def get(self, url: str, headers: dict[str, str]) -> HttpResponse:
+        if self._canceled.is_set():
+            return HttpResponse(None, {}, b"", "canceled")
+        request = QNetworkRequest(QUrl.fromEncoded(url.encode("ascii")))
+        for name, value in headers.items():
+            request.setRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        # tiles must come from the server, and thousands of them must not flood QGIS's cache
+        request.setAttribute(QNetworkRequest.CacheLoadControlAttribute,
+                             QNetworkRequest.AlwaysNetwork)
+        request.setAttribute(QNetworkRequest.CacheSaveControlAttribute, False)
+        blocking = QgsBlockingNetworkRequest()
+        if self._authcfg:
+            blocking.setAuthCfg(self._authcfg)
+        code = blocking.get(request, True)
+        reply = blocking.reply()
+        status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute)
+        error = reply.error()
+        canceled = self._canceled.is_set()
+        response = HttpResponse(
+            status=int(status) if status is not None and not canceled else None,
+            headers={bytes(name).decode("latin-1").lower():
+                     bytes(reply.rawHeader(name)).decode("latin-1")
+                     for name in reply.rawHeaderList()},
+            body=bytes(reply.content()),
+            error="canceled" if canceled else (
+                reply.errorString() if error != QNetworkReply.NoError else ""),
+            # in 3.22 a timeout shows as an aborted reply with no HTTP status (qgis-notes §7)
+            timed_out=not canceled and status is None and (
+                error == QNetworkReply.OperationCanceledError
+                or code == QgsBlockingNetworkRequest.TimeoutError),
+        )
+        return response

@@ -1,0 +1,834 @@
+#!/usr/bin/env python3
+"""A loopback ArcGIS REST MapServer/ImageServer that serves local Esri caches, for tests, the
+demo and the bench.
+
+It answers what tile clients ask a real server (service JSON, /tile, /tilemap) from the plugin's
+own cache reader, and can misbehave on purpose (latency, faults, rate limits, authentication) so
+clients can be tested against the failures real servers produce. Standard library only.
+
+    python scripts/arcgis_rest_server.py CACHE [CACHE ...] [--name NAME] [--port 0] ...
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import zlib
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from http.client import HTTPMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "export_map_server_cache"
+SERVICES_PATH = "/arcgis/rest/services"
+SERVICE_TYPES = ("MapServer", "ImageServer")
+CURRENT_VERSION = 10.91
+FAULTS = ("500", "503", "429", "json200", "html", "truncated", "short", "hang", "notimage")
+OPEN_READERS = 64
+JSON_TYPE = "application/json; charset=utf-8"
+IMAGE_TYPES = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
+FAULT_HTML = (
+    b"<html><head><title>Error</title></head><body><h1>Server Error</h1>"
+    b"<p>The tile could not be exported.</p></body></html>"
+)
+
+
+def _core_module(name: str) -> ModuleType:
+    """A module of the plugin's core package, whatever the checkout folder is called."""
+    if PACKAGE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            PACKAGE, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+        )
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[PACKAGE] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{PACKAGE}.core.{name}")
+
+
+cache_source = _core_module("cache_source")
+errors = _core_module("errors")
+tiling_scheme = _core_module("tiling_scheme")
+PACKET = tiling_scheme.PACKET_SIZE  # tiles per bundle side (spec §0)
+
+
+@dataclass
+class ServerOptions:
+    """How the server behaves; read on every request, so tests can flip switches between runs."""
+
+    latency: float = 0.0
+    tilemap: bool = True
+    blank_tiles: bool = False
+    ignore_blank_tile_param: bool = False
+    fault: Optional[str] = None
+    fault_fraction: float = 0.0
+    fault_attempts: int = 1
+    fault_tilemap: bool = False
+    retry_after: Optional[float] = None
+    rate_limit: float = 0.0
+    hang_seconds: float = 30.0
+    basic_auth: Optional[tuple[str, str]] = None
+    token: Optional[str] = None
+    export_tiles_allowed: bool = False
+    max_export_tiles_count: int = 100000
+    json_overrides: dict = field(default_factory=dict)
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.fault is not None and self.fault not in FAULTS:
+            raise ValueError(f"fault must be one of {FAULTS} or None, not {self.fault!r}")
+
+    def selects(self, level: int, row: int, col: int) -> bool:
+        """Whether `fault` hits this tile: a seeded hash, so runs and processes agree."""
+        digest = hashlib.sha256(f"{self.seed}/{level}/{row}/{col}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") < self.fault_fraction * 2**64
+
+
+@dataclass
+class RequestRecord:
+    started: float
+    finished: float
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    status: int
+    kind: str
+    level: Optional[int] = None
+    row: Optional[int] = None
+    col: Optional[int] = None
+
+
+class RequestLog:
+    """Every request the server answered (rejected ones too) and the peak of requests in flight,
+    so tests can check what a client sent and how many requests it overlapped."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._entries: list[RequestRecord] = []
+        self._in_flight = 0
+        self._max = 0
+
+    def entries(self) -> list[RequestRecord]:
+        with self._cond:
+            return list(self._entries)
+
+    def clear(self) -> None:
+        with self._cond:
+            self._entries = []
+            self._max = self._in_flight
+
+    @property
+    def max_concurrency(self) -> int:
+        with self._cond:
+            return self._max
+
+    def _begin(self) -> None:
+        """A request arrived (called by the server)."""
+        with self._cond:
+            self._in_flight += 1
+            self._max = max(self._max, self._in_flight)
+
+    def _end(self, record: RequestRecord) -> None:
+        """A request was answered (called by the server)."""
+        with self._cond:
+            self._in_flight -= 1
+            self._entries.append(record)
+            self._cond.notify_all()
+
+    def _wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: bytes
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+    declared_length: Optional[int] = None  # a Content-Length larger than the body ("short")
+
+
+@dataclass(frozen=True)
+class _Route:
+    kind: str  # "service" | "tile" | "tilemap" | "other"
+    service: Optional[_Service] = None
+    args: tuple[str, ...] = ()
+    folder: Optional[str] = None  # a catalog request ("" = the root)
+
+
+class _Bundle:
+    def __init__(self, reader) -> None:
+        self.reader = reader
+        self.present = frozenset(reader.present())
+
+
+class _Service:
+    """One cache served under one name; its reader state is shared by the handler threads, so
+    every access to it holds `_lock` (bundle readers seek and read one file handle)."""
+
+    def __init__(self, name: str, kind: str, path: str) -> None:
+        self.name, self.kind, self.path = name, kind, path
+        self.source = None
+        self._lock = threading.Lock()
+        self._bundles: OrderedDict[tuple[int, int, int], Optional[_Bundle]] = OrderedDict()
+        self._levels: frozenset[int] = frozenset()
+        self.full_extent = None
+        self.initial_extent = None
+        self.blank = b""
+
+    def open(self) -> None:
+        source = cache_source.open_cache(self.path)
+        with self._lock:
+            self.source = source
+            scheme = source.scheme
+            self._levels = frozenset(scheme.levels) & frozenset(source.layout.levels())
+            self.full_extent = scheme.full_extent or source.data_extent or self._tiles_extent()
+            self.initial_extent = scheme.initial_extent or self.full_extent
+            self.blank = blank_png(scheme.tile_cols, scheme.tile_rows)
+
+    def close(self) -> None:
+        with self._lock:
+            for bundle in self._bundles.values():
+                if bundle is not None:
+                    bundle.reader.close()
+            self._bundles.clear()
+            if self.source is not None:
+                self.source.close()
+                self.source = None
+
+    def _tiles_extent(self):
+        """Extent of the tiles of the first level that has any: the cache says nothing else."""
+        scheme, layout = self.source.scheme, self.source.layout
+        for lod in scheme.lods:
+            keys = layout.bundle_keys(lod.level, None) if lod.level in self._levels else []
+            bundles = [self._bundle_at(lod.level, *key) for key in keys]
+            tiles = [tile for bundle in bundles if bundle is not None for tile in bundle.present]
+            if tiles:
+                rows, cols = [t[0] for t in tiles], [t[1] for t in tiles]
+                window = tiling_scheme.TileRange(min(rows), max(rows), min(cols), max(cols))
+                return scheme.range_extent(lod.level, window)
+        return None
+
+    def _bundle(self, level: int, brow: int, bcol: int) -> Optional[_Bundle]:
+        """The bundle's reader from a small LRU (None if it does not exist); holds `_lock`."""
+        key = (level, brow, bcol)
+        if key in self._bundles:
+            self._bundles.move_to_end(key)
+            return self._bundles[key]
+        reader = self.source.layout.open_bundle(level, brow, bcol)
+        bundle = _Bundle(reader) if reader is not None else None
+        self._bundles[key] = bundle
+        if len(self._bundles) > OPEN_READERS:
+            _, old = self._bundles.popitem(last=False)
+            if old is not None:
+                old.reader.close()
+        return bundle
+
+    def _bundle_at(self, level: int, row: int, col: int) -> Optional[_Bundle]:
+        if level not in self._levels:
+            return None
+        return self._bundle(level, row - row % PACKET, col - col % PACKET)
+
+    def tile(self, level: int, row: int, col: int) -> Optional[bytes]:
+        with self._lock:
+            bundle = self._bundle_at(level, row, col)
+            if bundle is None or (row, col) not in bundle.present:
+                return None
+            return bundle.reader.read(row, col)
+
+    def tilemap(self, level: int, row: int, col: int, width: int, height: int) -> Optional[dict]:
+        """Spec §7.3: the window clipped to the top-left tile's bundle; None if it is empty."""
+        clipped_w = min(width, PACKET - col % PACKET)
+        clipped_h = min(height, PACKET - row % PACKET)
+        with self._lock:
+            bundle = self._bundle_at(level, row, col)
+        present = bundle.present if bundle is not None else frozenset()
+        data = [
+            1 if (r, c) in present else 0
+            for r in range(row, row + clipped_h)
+            for c in range(col, col + clipped_w)
+        ]
+        if not any(data):
+            return None
+        return {
+            "adjusted": (clipped_w, clipped_h) != (width, height),
+            "location": {"left": col, "top": row, "width": clipped_w, "height": clipped_h},
+            "valid": True,
+            "data": data,
+        }
+
+    def description(self, options: ServerOptions) -> dict:
+        """The service JSON (spec §7.1) before `json_overrides`."""
+        scheme = self.source.scheme
+        sr = scheme.spatial_reference.to_json()
+        capabilities = "Map,Query,Data,TilesOnly" if self.kind == "MapServer" else (
+            "Image,Metadata,TilesOnly"
+        )
+        data: dict = {
+            "currentVersion": CURRENT_VERSION,
+            "serviceDescription": f"Cache {self.source.name} served by arcgis_rest_server.py",
+        }
+        if self.kind == "MapServer":
+            data["mapName"] = "Layers"
+        else:
+            data["name"] = self.name
+        data.update(
+            capabilities=capabilities + (",Tilemap" if options.tilemap else ""),
+            singleFusedMapCache=True,
+            spatialReference=sr,
+            tileInfo={
+                "rows": scheme.tile_rows,
+                "cols": scheme.tile_cols,
+                "dpi": scheme.dpi,
+                "format": scheme.tile_format,
+                "compressionQuality": scheme.compression_quality,
+                "origin": {"x": scheme.origin_x, "y": scheme.origin_y},
+                "spatialReference": sr,
+                "lods": [
+                    {"level": lod.level, "resolution": lod.resolution, "scale": lod.scale}
+                    for lod in scheme.lods
+                ],
+                "storageFormat": scheme.storage_format.value,
+            },
+        )
+        if self.full_extent is not None:
+            data["initialExtent"] = {**self.initial_extent.as_dict(), "spatialReference": sr}
+            data["fullExtent"] = {**self.full_extent.as_dict(), "spatialReference": sr}
+        data.update(
+            minScale=scheme.lods[0].scale,
+            maxScale=scheme.lods[-1].scale,
+            minLOD=scheme.lods[0].level,
+            maxLOD=scheme.lods[-1].level,
+            units="esriDecimalDegrees" if scheme.spatial_reference.is_geographic else "esriMeters",
+            supportedImageFormatTypes=scheme.tile_format,
+            exportTilesAllowed=options.export_tiles_allowed,
+            maxExportTilesCount=options.max_export_tiles_count,
+        )
+        if self.kind == "ImageServer":
+            data.update(serviceDataType="esriImageServiceDataTypeRGB", bandCount=3)
+            if "fullExtent" in data:
+                data["extent"] = data["fullExtent"]
+        return data
+
+
+class _RateWindow:
+    """Requests served in the last second, over all URLs (rejected ones are not counted)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._times: deque[float] = deque()
+
+    def admit(self, rate: float) -> bool:
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            while self._times and self._times[0] <= now - 1.0:
+                self._times.popleft()
+            if len(self._times) >= rate:
+                return False
+            self._times.append(now)
+            return True
+
+
+class _FaultCounter:
+    """Requests seen per faulty URL, so a fault can stop after `fault_attempts`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple, int] = {}
+
+    def take(self, key: tuple, attempts: int) -> bool:
+        with self._lock:
+            seen = self._counts.get(key, 0)
+            self._counts[key] = seen + 1
+            return seen < attempts
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
+class ArcGISRestServer:
+    """Serves caches as ArcGIS REST tile services on a loopback port, in a background thread.
+
+    `services` maps "Name", "Folder/Name" or "Name/ImageServer" to a cache path (dataset folder,
+    conf.xml, .tpk or .tpkx); a name without a type is a MapServer.
+    """
+
+    def __init__(
+        self,
+        services: dict[str, str],
+        options: Optional[ServerOptions] = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.options = options or ServerOptions()
+        self.log = RequestLog()
+        self.host, self.port = host, port
+        self._by_key: dict[str, _Service] = {}
+        self._services: dict[tuple[str, str], _Service] = {}
+        for key, path in services.items():
+            parts = key.strip("/").split("/")
+            kind = parts.pop() if parts[-1] in SERVICE_TYPES else "MapServer"
+            name = "/".join(parts)
+            if not name or len(parts) > 2 or not all(parts) or (name, kind) in self._services:
+                raise ValueError(
+                    f"bad or duplicate service name {key!r}: use Name, Folder/Name, optionally "
+                    "followed by /MapServer or /ImageServer"
+                )
+            service = self._services[(name, kind)] = _Service(name, kind, str(path))
+            self._by_key[key] = self._by_key[f"{name}/{kind}"] = service
+            if kind == "MapServer" or name not in self._by_key:
+                self._by_key[name] = service  # a bare name means its MapServer if it has one
+        self._folders = sorted({name.split("/")[0] for name, _ in self._services if "/" in name})
+        self._rate = _RateWindow()
+        self._faults = _FaultCounter()
+        self._stopping = threading.Event()
+        self._httpd: Optional[_HTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> ArcGISRestServer:
+        """Open the caches and listen; returns self so `server = ArcGISRestServer(...).start()`."""
+        if self._httpd is not None:
+            return self
+        opened = []
+        try:
+            for service in self._services.values():
+                service.open()
+                opened.append(service)
+            self._stopping.clear()
+            self._httpd = _HTTPServer((self.host, self.port), self)
+        except BaseException:
+            for service in opened:
+                service.close()
+            raise
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"arcgis-rest-server:{self._httpd.server_address[1]}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, cut open connections, end latency/hang sleeps, close the caches."""
+        if self._httpd is None:
+            return
+        self._stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._httpd.drop_connections()
+        self._thread.join()
+        self.log._wait_idle(5.0)
+        for service in self._services.values():
+            service.close()
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> ArcGISRestServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("the server is not started")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}{SERVICES_PATH}"
+
+    def service_url(self, name: str) -> str:
+        service = self._by_key[name]
+        return f"{self.base_url}/{service.name}/{service.kind}"
+
+    def reset_faults(self) -> None:
+        """Forget how often each faulty URL was requested, so faults start over."""
+        self._faults.clear()
+
+    # Request handling (called from the handler threads).
+
+    def _route(self, path: str) -> _Route:
+        if path != SERVICES_PATH and not path.startswith(SERVICES_PATH + "/"):
+            return _Route("other")
+        parts = [unquote(p) for p in path[len(SERVICES_PATH):].split("/") if p]
+        for i, part in enumerate(parts):
+            if part in SERVICE_TYPES:
+                service = self._services.get(("/".join(parts[:i]), part))
+                rest = parts[i + 1:]
+                if service is None:
+                    return _Route("other")
+                if not rest:
+                    return _Route("service", service)
+                if rest[0] in ("tile", "tilemap"):
+                    return _Route(rest[0], service, tuple(rest[1:]))
+                return _Route("other", service)
+        folder = "/".join(parts)
+        return _Route("other", folder=folder if folder in ("", *self._folders) else None)
+
+    def _answer(
+        self, route: _Route, query: dict[str, str], headers: HTTPMessage
+    ) -> Optional[_Reply]:
+        """The reply to one request; None when the server stopped while the request waited."""
+        options = self.options
+        admitted = self._rate.admit(options.rate_limit)
+        if not self._pause(options.latency):
+            return None
+        if not admitted:
+            return _error(429, "Too Many Requests", _retry_after(options.retry_after or 1))
+        denied = _check_auth(options, query, headers)
+        if denied is not None:
+            return denied
+        pretty = query.get("f") == "pjson"
+        if route.kind == "service":
+            data = route.service.description(options)
+            for key, value in options.json_overrides.items():
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+            return _json(data, pretty)
+        if route.kind in ("tile", "tilemap"):
+            return self._tile_answer(route, query, options, pretty)
+        if route.folder is not None:
+            return _json(self._catalog(route.folder), pretty)
+        return _error(404, "Not Found")
+
+    def _catalog(self, folder: str) -> dict:
+        services = [
+            {"name": name, "type": kind}
+            for name, kind in sorted(self._services)
+            if (name.split("/")[0] if "/" in name else "") == folder
+        ]
+        folders = self._folders if not folder else []
+        return {"currentVersion": CURRENT_VERSION, "folders": folders, "services": services}
+
+    def _tile_answer(
+        self, route: _Route, query: dict[str, str], options: ServerOptions, pretty: bool
+    ) -> Optional[_Reply]:
+        is_tile = route.kind == "tile"
+        if not is_tile and not options.tilemap:
+            return _error(400, "Tilemap not supported")
+        numbers = _numbers(route.args, 3 if is_tile else 5)
+        if numbers is None:
+            return _error(400, "Invalid URL")
+        level, row, col = numbers[:3]
+        fault = None
+        if (
+            options.fault is not None
+            and (is_tile or options.fault_tilemap)
+            and options.selects(level, row, col)
+            and self._faults.take((route.service.name, route.kind, *numbers),
+                                  options.fault_attempts)
+        ):
+            fault = options.fault
+            if fault in ("500", "503", "429", "json200", "html"):
+                return _fault_reply(fault, options)
+            if fault == "hang" and not self._pause(options.hang_seconds):
+                return None
+        try:
+            reply = self._tile(route.service, numbers, query, options, pretty)
+        except errors.CacheError as exc:
+            return _error(500, str(exc))
+        if reply.status == 200 and fault in ("notimage", "truncated", "short"):
+            reply = _damaged(reply, fault)
+        return reply
+
+    def _tile(
+        self, service: _Service, numbers: tuple[int, ...], query: dict[str, str],
+        options: ServerOptions, pretty: bool,
+    ) -> _Reply:
+        if len(numbers) == 5:
+            tilemap = service.tilemap(*numbers)
+            if tilemap is None:
+                return _error(422, "Tiles not present")
+            return _json(tilemap, pretty)
+        data = service.tile(*numbers)
+        if data is not None:
+            return _Reply(200, data, _image_type(data))
+        blank_allowed = query.get("blankTile", "").lower() != "false"
+        if options.blank_tiles and (blank_allowed or options.ignore_blank_tile_param):
+            return _Reply(200, service.blank, "image/png", {"blank-tile": "true"})
+        return _error(404, "Not Found", content_type="text/plain")
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep unless the server stops meanwhile; False if it did."""
+        return seconds <= 0 or not self._stopping.wait(seconds)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """Keeps the open connections so stop() can cut idle keep-alive ones."""
+
+    daemon_threads = True
+    request_queue_size = 128  # bursts of parallel clients must not overflow the listen backlog
+
+    def __init__(self, address: tuple[str, int], owner: ArcGISRestServer) -> None:
+        self.owner = owner
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already closed by its client
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: every reply has a Content-Length
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+    server_version = "arcgis-rest-server"
+    timeout = 60  # idle keep-alive connections end eventually
+    server: _HTTPServer
+
+    def do_GET(self) -> None:
+        owner = self.server.owner
+        started = time.monotonic()
+        owner.log._begin()
+        url = urlsplit(self.path)
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        route = owner._route(url.path)
+        reply, status = None, 500
+        try:
+            reply = owner._answer(route, query, self.headers)
+            status = reply.status if reply is not None else 0
+        finally:
+            # Logged before the reply is written: a client that got its answer finds it logged.
+            numbers = [int(a) if a.isascii() and a.isdigit() else None for a in route.args[:3]]
+            numbers += [None] * (3 - len(numbers))
+            owner.log._end(
+                RequestRecord(
+                    started=started,
+                    finished=time.monotonic(),
+                    method=self.command,
+                    path=url.path,
+                    query=query,
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    status=status,
+                    kind=route.kind,
+                    level=numbers[0],
+                    row=numbers[1],
+                    col=numbers[2],
+                )
+            )
+        if reply is None:  # the server stopped while the request waited
+            self.close_connection = True
+            return
+        try:
+            self._send(reply)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _send(self, reply: _Reply) -> None:
+        length = len(reply.body) if reply.declared_length is None else reply.declared_length
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(length))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(reply.body)
+        if reply.declared_length is not None:
+            self.close_connection = True
+
+    def log_message(self, format: str, *args) -> None:
+        """Quiet: the RequestLog records requests; stderr would drown test and bench output."""
+
+
+def _numbers(args: tuple[str, ...], count: int) -> Optional[tuple[int, ...]]:
+    """Decimal level/row/col[/width/height]; None if malformed (widths must be > 0)."""
+    if len(args) != count or not all(a.isascii() and a.isdigit() for a in args):
+        return None
+    numbers = tuple(int(a) for a in args)
+    return numbers if count == 3 or min(numbers[3:]) > 0 else None
+
+
+def _check_auth(
+    options: ServerOptions, query: dict[str, str], headers: HTTPMessage
+) -> Optional[_Reply]:
+    """The rejection for a request without the required credentials, else None."""
+    if options.basic_auth is not None:
+        scheme, _, encoded = (headers.get("Authorization") or "").partition(" ")
+        try:
+            given = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            given = None
+        if scheme.lower() != "basic" or given != ":".join(options.basic_auth):
+            return _error(401, "Unauthorized", {"WWW-Authenticate": 'Basic realm="arcgis"'})
+    if options.token is not None:
+        tokens = []
+        header = (headers.get("X-Esri-Authorization") or "").split(None, 1)
+        if len(header) == 2 and header[0].lower() == "bearer":
+            tokens.append(header[1].strip())
+        if query.get("token"):
+            tokens.append(query["token"].strip())
+        if not tokens:
+            return _json({"error": {"code": 499, "message": "Token Required", "details": []}})
+        if options.token not in tokens:
+            return _json({"error": {"code": 498, "message": "Invalid Token", "details": []}})
+    return None
+
+
+def _fault_reply(fault: str, options: ServerOptions) -> _Reply:
+    if fault == "500":
+        return _error(500, "Internal Server Error")
+    if fault == "503":
+        headers = _retry_after(options.retry_after) if options.retry_after is not None else {}
+        return _error(503, "Service Unavailable", headers)
+    if fault == "429":
+        return _error(429, "Too Many Requests", _retry_after(options.retry_after or 1))
+    if fault == "json200":
+        body = {"error": {"code": 500, "message": "Error exporting tile", "details": []}}
+        return _Reply(200, _dumps(body), "text/plain;charset=utf-8")
+    return _Reply(200, FAULT_HTML, "text/html; charset=utf-8")
+
+
+def _damaged(reply: _Reply, fault: str) -> _Reply:
+    if fault == "notimage":
+        return _Reply(200, reply.body, "application/octet-stream", reply.headers)
+    half = reply.body[: len(reply.body) // 2]
+    if fault == "truncated":
+        return _Reply(200, half, reply.content_type, reply.headers)
+    return _Reply(200, half, reply.content_type, reply.headers, declared_length=len(reply.body))
+
+
+def _json(data: dict, pretty: bool = False) -> _Reply:
+    return _Reply(200, _dumps(data, pretty), JSON_TYPE)
+
+
+def _dumps(data: dict, pretty: bool = False) -> bytes:
+    """Compact like ArcGIS (`{"a":1}`), indented for f=pjson."""
+    if pretty:
+        return json.dumps(data, indent=2).encode()
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _error(
+    code: int, message: str, headers: Optional[dict[str, str]] = None,
+    content_type: str = JSON_TYPE,
+) -> _Reply:
+    body = _dumps({"error": {"code": code, "message": message, "details": []}})
+    return _Reply(code, body, content_type, headers or {})
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": "%d" % seconds if float(seconds).is_integer() else "%g" % seconds}
+
+
+def _image_type(data: bytes) -> str:
+    for magic, content_type in IMAGE_TYPES:
+        if data.startswith(magic):
+            return content_type
+    return "application/octet-stream"
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A fully transparent RGBA PNG, what servers send for missing tiles in blank-tile mode."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    rows = (b"\x00" + b"\x00" * 4 * width) * height
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows, 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("caches", nargs="+", metavar="CACHE",
+                        help="cache dataset folder, conf.xml, .tpk or .tpkx")
+    parser.add_argument("--name", help="service name (one CACHE only; default: the cache's name)")
+    parser.add_argument("--port", type=int, default=0, help="default 0: any free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--no-tilemap", action="store_true", help="no Tilemap capability")
+    parser.add_argument("--blank-tiles", action="store_true", help="blank PNG for missing tiles")
+    parser.add_argument("--rate-limit", type=float, default=0.0, help="requests per second")
+    parser.add_argument("--retry-after", type=float, help="Retry-After seconds on 429/503")
+    parser.add_argument("--fault", choices=FAULTS, help="what faulty tile requests get")
+    parser.add_argument("--fault-fraction", type=float, default=1.0,
+                        help="fraction of tiles that get --fault (default 1: all)")
+    parser.add_argument("--fault-attempts", type=int, default=1,
+                        help="requests per faulty tile that fail before it is served")
+    parser.add_argument("--ready-file", help="write the first service URL here when listening")
+    args = parser.parse_args(argv)
+    if args.name and len(args.caches) > 1:
+        parser.error("--name needs exactly one CACHE")
+
+    services: dict[str, str] = {}
+    for path in args.caches:
+        try:
+            name = args.name or _cache_name(path)
+        except errors.CacheError as exc:
+            parser.error(str(exc))
+        if name in services:
+            parser.error(f"two caches are named {name!r}: serve them one at a time with --name")
+        services[name] = path
+    options = ServerOptions(
+        latency=args.latency,
+        tilemap=not args.no_tilemap,
+        blank_tiles=args.blank_tiles,
+        rate_limit=args.rate_limit,
+        retry_after=args.retry_after,
+        fault=args.fault,
+        fault_fraction=args.fault_fraction if args.fault else 0.0,
+        fault_attempts=args.fault_attempts,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with ArcGISRestServer(services, options, port=args.port) as server:
+        urls = [server.service_url(name) for name in services]
+        if args.ready_file:  # written whole (rename), before stdout, so waiters can rely on it
+            temp = f"{args.ready_file}.{os.getpid()}.tmp"
+            Path(temp).write_text(urls[0] + "\n", encoding="utf-8")
+            os.replace(temp, args.ready_file)
+        for url in urls:
+            print(f"SERVICE {url}")
+        sys.stdout.flush()
+        stop.wait()
+    return 0
+
+
+def _cache_name(path: str) -> str:
+    source = cache_source.open_cache(path)
+    source.close()
+    return source.name
+
+
+if __name__ == "__main__":
+    sys.exit(main())
