@@ -2,7 +2,9 @@
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Optional
 
 from qgis.core import (
     QgsProcessing,
@@ -45,8 +47,13 @@ STORAGE_FORMATS = (StorageFormat.COMPACT, StorageFormat.COMPACT_V2, StorageForma
 HELP = """<p>Exports tiles from an Esri tile cache into a cache dataset (Exploded, Compact V1 or
 Compact V2) or a tile package (.tpk for Compact V1, .tpkx for Compact V2), as ArcGIS's "Export Map
 Server Cache" tool does. Tiles are copied byte for byte; nothing is re-encoded.</p>
-<p><b>Input cache</b> (INPUT_SERVICE): a cache dataset folder (the folder holding conf.xml and
-_alllayers, or the ArcGIS Server cache folder above Layers), a conf.xml file, a .tpk or a .tpkx.</p>
+<p><b>Input cache or service</b> (INPUT_SERVICE): a cache dataset folder (the folder holding
+conf.xml and _alllayers, or the ArcGIS Server cache folder above Layers), a conf.xml file, a .tpk
+or a .tpkx; or an ArcGIS Server / ArcGIS Online tile service URL
+(https://host/arcgis/rest/services/[folder/]Name/MapServer or ImageServer, also with ?f=json, a
+token= or a /tile/{z}/{y}/{x} template); or a tiled layer of the project (an ArcGIS MapServer
+layer, or an XYZ layer of an ArcGIS tile URL) by its id or name. Services are read through QGIS
+networking (proxy, SSL, timeouts and authentication settings apply).</p>
 <p><b>Target folder</b> (TARGET_CACHE_PATH): created if missing. A cache dataset is written to
 &lt;folder&gt;/&lt;name&gt;/Layers, a package to &lt;folder&gt;/&lt;name&gt;.tpk(x);
 &lt;name&gt; is the input's name.</p>
@@ -61,7 +68,8 @@ allowed in a tile package).</p>
 scale denominators separated by ';' (a "1:" prefix is allowed), matched to the cache's levels
 within 0.01 %. Levels are level IDs and ranges, e.g. 0-5,7. Give one or neither (all levels).</p>
 <p><b>Number of workers</b> (NUM_OF_CACHING_SERVICE_INSTANCES): bundles processed in parallel;
--1 chooses from the number of CPUs.</p>
+-1 chooses from the number of CPUs. For a service: concurrent requests, 8 by default; raise it
+only where the service's owner allows it.</p>
 <p><b>Area of interest</b> (AREA_OF_INTEREST): a polygon layer in any CRS; tiles that intersect
 its polygons are exported. It overrides the export extent.</p>
 <p><b>Export extent</b> (EXPORT_EXTENT): a rectangle in any CRS (without a CRS, the cache's own
@@ -70,8 +78,21 @@ CRS is assumed); tiles that overlap it are exported.</p>
 scheme, tiles outside the export are always kept and exported tiles replace existing ones. With
 OVERWRITE, existing tiles inside the export area that the input does not have are removed too, so
 the area shows exactly the input; without it they are kept.</p>
-<p>Outputs: OUTPUT_CACHE_PATH (the Layers folder or the package file) and TILE_COUNT (tiles
-exported).</p>"""
+<p><b>Authentication</b> (AUTHCFG): a QGIS authentication configuration (Basic, EsriToken…)
+used for every request to the service.</p>
+<p><b>ArcGIS token</b> (TOKEN): sent as the X-Esri-Authorization header, never in a URL, log or
+message. env:NAME reads it from the environment variable NAME, which keeps it off a qgis_process
+command line.</p>
+<p><b>Most requests per second</b> (MAX_REQUESTS_PER_SECOND): 0 = no limit. Whatever the limit,
+HTTP 429 and 5xx answers and timeouts are retried with exponential backoff and Retry-After (at
+most 6 attempts a tile); tiles that keep failing stop the export with a count of them and
+nothing is written.</p>
+<p><b>Most tiles</b> (MAX_TILE_COUNT): a download of more tiles of the export area is refused
+(default 100,000 as the REST API's maxExportTilesCount; 0 = no limit).</p>
+<p><b>Estimate only</b> (ESTIMATE_ONLY): report per-level tile counts and the estimated size
+(from the service's tilemap where it has one, else from sampled tiles) and write nothing.</p>
+<p>Outputs: OUTPUT_CACHE_PATH (the Layers folder or the package file), TILE_COUNT (tiles
+exported or estimated) and BYTE_COUNT (bytes of tile data).</p>"""
 
 
 class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
@@ -116,7 +137,8 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
 
     def initAlgorithm(self, config=None) -> None:
         self.addParameter(QgsProcessingParameterString(
-            self.INPUT_SERVICE, "Input cache (folder, conf.xml, .tpk or .tpkx)"))
+            self.INPUT_SERVICE,
+            "Input cache or service (folder, conf.xml, .tpk, .tpkx, MapServer URL or layer)"))
         self.addParameter(QgsProcessingParameterFolderDestination(
             self.TARGET_CACHE_PATH, "Target folder"))
         self.addParameter(QgsProcessingParameterEnum(
@@ -150,14 +172,15 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self.TOKEN, "ArcGIS token (services; sent as a header, never logged)"))
         self.addParameter(QgsProcessingParameterNumber(
             self.MAX_REQUESTS_PER_SECOND, "Most requests per second (services; 0 = no limit)",
-            type=QgsProcessingParameterNumber.Double, defaultValue=0, minValue=0))
+            type=QgsProcessingParameterNumber.Double, defaultValue=0, minValue=0,
+            optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.MAX_TILE_COUNT, "Most tiles to download (services; 0 = no limit)",
             type=QgsProcessingParameterNumber.Integer, defaultValue=DEFAULT_MAX_TILES,
-            minValue=0))
+            minValue=0, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
             self.ESTIMATE_ONLY, "Only estimate the tile count and size; write nothing",
-            defaultValue=False))
+            defaultValue=False, optional=True))
         self.addOutput(QgsProcessingOutputFile(
             self.OUTPUT_CACHE_PATH, "Exported cache (Layers folder or package file)"))
         self.addOutput(QgsProcessingOutputNumber(self.TILE_COUNT, "Tiles exported (estimated)"))
@@ -210,8 +233,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
                 parameters, self.AUTHCFG, context) or "")
             rate = self.parameterAsDouble(parameters, self.MAX_REQUESTS_PER_SECOND, context)
             source = open_service(
-                resolved.location, transport,
-                self.parameterAsString(parameters, self.TOKEN, context).strip() or None,
+                resolved.location, transport, self._token(parameters, context),
                 FetchPolicy(requests_per_second=rate))
         else:
             source = open_cache(resolved.location)
@@ -241,16 +263,20 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             levels = self._service_levels(source, levels, feedback)
             self._check_tile_limit(source, levels, selection, parameters, context)
         feedback.pushInfo(f"Levels: {','.join(map(str, levels))}")
-        estimates = estimate(source, levels, selection, feedback.isCanceled)
-        for level in estimates:
-            feedback.pushInfo(level.describe())
-        planned = sum(e.tiles for e in estimates)
-        planned_bytes = sum(e.bytes for e in estimates)
-        feedback.pushInfo(f"Total: {planned} tiles, about {format_size(planned_bytes)}")
-        if self.parameterAsBool(parameters, self.ESTIMATE_ONLY, context):
-            feedback.pushInfo("ESTIMATE_ONLY is set: nothing was written.")
-            return {self.TARGET_CACHE_PATH: target, self.OUTPUT_CACHE_PATH: "",
-                    self.TILE_COUNT: planned, self.BYTE_COUNT: planned_bytes}
+        estimate_only = self.parameterAsBool(parameters, self.ESTIMATE_ONLY, context)
+        # a download starts with its estimate (the tilemaps it reads serve the export too); a
+        # local copy reads its bundle indexes once, while copying, and reports at the end
+        if source.service is not None or estimate_only:
+            estimates = estimate(source, levels, selection, feedback.isCanceled)
+            for level in estimates:
+                feedback.pushInfo(level.describe())
+            planned = sum(e.tiles for e in estimates)
+            planned_bytes = sum(e.bytes for e in estimates)
+            feedback.pushInfo(f"Total: {planned} tiles, about {format_size(planned_bytes)}")
+            if estimate_only:
+                feedback.pushInfo("ESTIMATE_ONLY is set: nothing was written.")
+                return {self.TARGET_CACHE_PATH: target, self.OUTPUT_CACHE_PATH: "",
+                        self.TILE_COUNT: planned, self.BYTE_COUNT: planned_bytes}
         crs_extent = selection.bounds() or source.data_extent
         options = ExportOptions(
             target_dir=Path(target),
@@ -285,6 +311,18 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self.TILE_COUNT: result.tile_count,
             self.BYTE_COUNT: result.byte_count,
         }
+
+    def _token(self, parameters, context) -> Optional[str]:
+        """TOKEN as given, or read from the environment variable NAME for `env:NAME` (so that
+        it does not appear on a qgis_process command line, which qgis_process echoes)."""
+        text = self.parameterAsString(parameters, self.TOKEN, context).strip()
+        if not text.startswith("env:"):
+            return text or None
+        name = text[len("env:"):]
+        if not os.environ.get(name):
+            raise QgsProcessingException(
+                f"TOKEN names the environment variable {name!r}, which is not set or empty.")
+        return os.environ[name].strip()
 
     @staticmethod
     def _service_levels(source: CacheSource, levels: list[int], feedback) -> list[int]:

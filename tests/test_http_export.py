@@ -5,7 +5,6 @@ local export of the very cache the server serves.
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -631,19 +630,29 @@ def test_an_xyz_layer_that_is_not_arcgis(tmp_path):
     assert "does not come from an ArcGIS REST tile service" in message
 
 
-def test_qgis_process_over_http(serve, tmp_path, run_qgis_process):
+@pytest.fixture
+def token_in_env(monkeypatch):
+    """Set before run_qgis_process copies the environment."""
+    monkeypatch.setenv("EXPORT_TEST_TOKEN", SECRET)
+
+
+def test_qgis_process_over_http(serve, tmp_path, token_in_env, run_qgis_process):
+    """TOKEN=env:NAME keeps the token off the command line, which qgis_process echoes."""
     import json
 
     server = serve({"world": SAMPLE}, token=SECRET)
     done = run_qgis_process(["--json", "run", ALG, "--",
                              f"INPUT_SERVICE={server.service_url('world')}",
                              f"TARGET_CACHE_PATH={tmp_path / 'out'}", "LEVELS=0-2",
-                             "EXPORT_CACHE_TYPE=1", f"TOKEN={SECRET}"])
+                             "EXPORT_CACHE_TYPE=1", "TOKEN=env:EXPORT_TEST_TOKEN"])
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout)["results"]
     assert results["TILE_COUNT"] == 21
     assert Path(results["OUTPUT_CACHE_PATH"]).is_file()
-    log = done.stdout.replace(json.dumps(SECRET), "")
-    assert SECRET not in json.dumps(json.loads(done.stdout)["results"])
-    assert "Bearer" not in log
-    shutil.rmtree(tmp_path / "out")
+    assert SECRET not in done.stdout + done.stderr
+    assert {e.headers.get("x-esri-authorization", "").strip() for e in server.log.entries()} == {
+        f"Bearer {SECRET}"}
+    message = export_error({"INPUT_SERVICE": server.service_url("world"),
+                            "TOKEN": "env:NOT_SET_ANYWHERE_42",
+                            "TARGET_CACHE_PATH": str(tmp_path / "x")})
+    assert "NOT_SET_ANYWHERE_42" in message and "not set" in message
