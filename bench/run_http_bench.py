@@ -19,7 +19,9 @@ Steps:
    service. Marginal tiles/s = (N_full - N_one) / (t_full - t_one). Each full job runs --repeat
    times, each one-tile job max(3, --repeat) times; the fastest run counts.
 4. The same jobs again against a second server at latency 0, to measure what a request costs
-   besides the server's latency (the per-request overhead of each client).
+   besides the server's latency (the per-request overhead of each client); and, as the floor
+   this server and machine allow, a plain keep-alive http.client fetching the job's tiles on 1
+   and 8 connections against each server.
 5. Every output is checked: its tile count equals the source's tiles in the job and sample
    tiles are byte-identical to the source's.
 6. A table is printed; the figures go to the "http" section of bench/results.json.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import platform
@@ -36,9 +39,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import urlsplit
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -50,6 +55,7 @@ LEVEL = 12
 OUR_WORKERS = (1, 4, 8)
 MAPPROXY_CONCURRENCY = (1, 8)
 ZERO_LATENCY_WORKERS = (1, 8)  # our runs repeated against the latency-0 server
+REFERENCE_REQUESTS = {1: 250, 8: 1000}  # connections: requests of the plain reference client
 SAMPLES = 200  # tiles compared byte for byte per full output
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -204,6 +210,41 @@ def run_mapproxy(server: Server, cache: dict, job: dict, conf: Path, out: Path,
             "server_cpu_s": run["server_cpu_s"], "output": str(out), **checked}
 
 
+def reference_client(url: str, job: dict, connections: int, requests: int) -> dict:
+    """The floor this server and machine allow: Python's http.client in this process, one
+    keep-alive connection per thread, each thread fetching its share of the job's first
+    `requests` tiles one after the other (no checks, no writing, no start-up)."""
+    parts = urlsplit(url)
+    row_min, _, col_min, col_max = job["window"]
+    width = col_max - col_min + 1
+    tiles = [(row_min + i // width, col_min + i % width)
+             for i in range(min(requests, job["tiles"]))]
+    failed: list[tuple[int, int]] = []
+
+    def fetch(share: list[tuple[int, int]]) -> None:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        try:
+            for row, col in share:
+                connection.request("GET", f"{parts.path}/tile/{LEVEL}/{row}/{col}")
+                reply = connection.getresponse()
+                if reply.status != 200 or not reply.read():
+                    failed.append((row, col))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=fetch, args=(tiles[i::connections],))
+               for i in range(connections)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    return {"connections": connections, "requests": len(tiles), "seconds": seconds,
+            "tiles_per_s": len(tiles) / seconds, "failed": len(failed),
+            "ms_per_request_per_connection": 1000 * seconds * connections / len(tiles)}
+
+
 def rates(full: dict, one: dict) -> dict:
     row = rb.rates(full, one)
     tiles = full["tiles"] - one["tiles"]
@@ -271,6 +312,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs: dict = {}
     errors: dict = {}
     configs: list[tuple[str, int, float]] = []  # (name, workers or processes, latency)
+    reference: dict = {}  # the plain http.client floor, per latency and connections
 
     def measure(name: str, fn: Callable, *fn_args, one: bool = False) -> Optional[dict]:
         repeat = max(3, args.repeat) if one else args.repeat
@@ -307,6 +349,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                         measure(folder.name, run_mapproxy, server, cache, job, conf, folder, n,
                                 one, one=one)
                     shutil.rmtree(folder, ignore_errors=True)
+        for n, requests in REFERENCE_REQUESTS.items():
+            name = f"http_client_c{n}{label}"
+            row = reference[name] = reference_client(server.url, job, n, requests)
+            if latency > 0:
+                row["pct_of_latency_bound"] = 100 * row["tiles_per_s"] * latency / n
+            print(f"  {name:<22} {row['requests']:6d} tiles {row['seconds']:7.2f} s  "
+                  f"{row['tiles_per_s']:.1f} tiles/s, failed {row['failed']}", flush=True)
 
     with tempfile.TemporaryDirectory(dir=rb.SCRATCH) as tmp:
         env = rb.qgis_env(Path(tmp))
@@ -339,15 +388,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         row["ms_per_request_per_worker"] = 1000 * n / row["marginal_tiles_per_s"]
         row["overhead_ms_per_request"] = row["ms_per_request_per_worker"] - 1000 * latency
         summary[name] = row
-    reference = summary.get("mapproxy_c1")
+    mapproxy_c1 = summary.get("mapproxy_c1")
     for name, row in summary.items():
-        if reference is not None and "_lat" not in name:
+        if mapproxy_c1 is not None and "_lat" not in name:
             row["marginal_ratio_vs_mapproxy_c1"] = (
-                row["marginal_tiles_per_s"] / reference["marginal_tiles_per_s"])
+                row["marginal_tiles_per_s"] / mapproxy_c1["marginal_tiles_per_s"])
     targets = {}
     if "ours_w8" in summary:
         targets["w8_ge_80pct_of_latency_bound"] = summary["ours_w8"]["pct_of_latency_bound"] >= 80
-        if reference is not None:
+        if mapproxy_c1 is not None:
             targets["w8_ge_5x_mapproxy_c1"] = (
                 summary["ours_w8"]["marginal_ratio_vs_mapproxy_c1"] >= 5)
     verified = all(r["all_verified"] for r in runs.values())
@@ -365,6 +414,11 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{'' if ratio is None else f'{ratio:.2f}':>8} "
               f"{row['ms_per_request_per_worker']:7.2f} "
               f"{row['client_cpu_ms_per_tile']:9.2f}+{row['server_cpu_ms_per_tile']:.2f}")
+    for name, row in reference.items():
+        pct = row.get("pct_of_latency_bound")
+        print(f"{name:<16} {'':>13} {row['tiles_per_s']:13.1f} {'':>6} "
+              f"{'' if pct is None else f'{pct:.1f}':>8} {'':>8} "
+              f"{row['ms_per_request_per_connection']:7.2f}   (whole run, no start-up)")
     for key, ok in targets.items():
         print(f"target {key}: {'met' if ok else 'NOT met'}")
     print(f"outputs verified (tile count, {SAMPLES} sample tiles byte-identical): {verified}")
@@ -381,6 +435,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "source_path": cache["path"]},
         "runs": runs,
         "summary": summary,
+        "reference_http_client": reference,
         "targets": targets,
         "outputs_verified": verified,
         "errors": errors,

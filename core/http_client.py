@@ -216,9 +216,9 @@ class ServiceClient:
                 self.tally.retried()
                 delay = self._backoff(attempt)
                 if retry.retry_after is not None:
-                    wait = min(retry.retry_after, self.policy.retry_after_cap)
-                    self.throttle.pause(wait)
-                    delay = max(delay, wait)
+                    delay = max(delay, min(retry.retry_after, self.policy.retry_after_cap))
+                if retry.retry_after is not None or retry.reason == "HTTP 429":
+                    self.throttle.pause(delay)  # the server asked everybody to slow down
                 if self.stop.wait(delay):
                     raise ExportCanceled("The export was stopped.") from None
         raise AssertionError("unreachable")
@@ -312,7 +312,8 @@ def _check_tile(response: HttpResponse) -> Optional[bytes]:
     if not content_type.startswith("image/"):
         raise _Retry(f"not an image ({content_type or 'no content type'})")
     declared = response.headers.get("content-length", "").strip()
-    if declared.isdigit() and int(declared) != len(body):
+    encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+    if declared.isdigit() and not encoded and int(declared) != len(body):
         raise _Retry(f"truncated ({len(body)} of {declared} bytes)")
     problem = image_problem(body)
     if problem:

@@ -283,7 +283,9 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             storage=storage,
             package=package,
             overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
-            staged=self.parameterAsBool(parameters, self.COPY_DATA_FROM_SERVER, context),
+            # a download can fail halfway: an existing cache is then only changed at the end
+            staged=source.service is not None or self.parameterAsBool(
+                parameters, self.COPY_DATA_FROM_SERVER, context),
             workers=workers,
             geographic_extent=self._lonlat(crs_extent, scheme),
         )

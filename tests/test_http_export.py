@@ -316,6 +316,21 @@ def test_persistent_failures_stop_the_run_with_a_count(serve, tmp_path):
     assert not target.exists() or snapshot(target) == {}
 
 
+def test_a_failed_download_leaves_an_existing_cache_unchanged(serve, tmp_path):
+    target = tmp_path / "out"
+    run_export({"INPUT_SERVICE": str(SAMPLE), "LEVELS": "0-2", "TARGET_CACHE_PATH": str(target)})
+    (target / "world").mkdir()
+    (target / "world_map").rename(target / "world" / "x")
+    (target / "world" / "x" / "Layers").rename(target / "world" / "Layers")
+    (target / "world" / "x").rmdir()
+    before = snapshot(target)
+    server = serve({"world": SAMPLE}, fault="500", fault_fraction=0.05, fault_attempts=1000)
+    message = export_error({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-4",
+                            "TARGET_CACHE_PATH": str(target), "OVERWRITE": True})
+    assert "could not be downloaded" in message
+    assert snapshot(target) == before
+
+
 @pytest.mark.parametrize("fault", ["json200", "html", "truncated", "short", "notimage"])
 def test_bad_bodies_are_never_written(serve, tmp_path, fault):
     server = serve({"world": SAMPLE}, fault=fault, fault_fraction=0.3, fault_attempts=1)
