@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -256,12 +257,23 @@ def rates(full: dict, one: dict) -> dict:
 # -- bookkeeping -------------------------------------------------------------------------------
 
 def git_state() -> dict:
+    """HEAD, whether the tree differs from it, and a hash of the engine's files as they are
+    (core/, processing_provider/, the server): another engineer may edit them during a run."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                              check=False).stdout.strip()
+                              check=False).stdout.rstrip()
 
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "dirty": bool(git("status", "--porcelain"))}
+    digest = hashlib.sha256()
+    files = [*sorted((REPO / "core").glob("*.py")),
+             *sorted((REPO / "processing_provider").glob("*.py")),
+             REPO / "scripts" / "arcgis_rest_server.py"]
+    for path in files:
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    # the bench's own files (this script, results.json) do not make the measured code dirty
+    changed = [line[3:] for line in git("status", "--porcelain", "--", ".", ":!bench")
+               .splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(changed),
+            "dirty_paths": changed, "engine_sha256": digest.hexdigest()[:16]}
 
 
 def machine() -> dict:
@@ -295,6 +307,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--results", type=Path, default=BENCH / "results.json")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    git_before = git_state()
     work = args.work.resolve()
     rb.SCRATCH = work / "tmp"
     rb.SCRATCH.mkdir(parents=True, exist_ok=True)
@@ -424,12 +437,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"outputs verified (tile count, {SAMPLES} sample tiles byte-identical): {verified}")
     for name, text in errors.items():
         print(f"FAILED {name}: {text.splitlines()[0] if text else ''}")
+    git_after = git_state()
+    if git_after != git_before:
+        print(f"WARNING: the code changed during the run ({git_before} -> {git_after}): the "
+              "runs may not all have used the same engine")
 
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     results["http"] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": machine(),
-        "git": git_state(),
+        "git": git_before,
+        "git_at_end": git_after,
+        "code_changed_during_run": git_after != git_before,
         "args": {"tiles": args.tiles, "latency": args.latency, "repeat": args.repeat},
         "job": {**job, "mean_tile_bytes": cache["mean_tile_bytes"],
                 "source_path": cache["path"]},

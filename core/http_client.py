@@ -23,7 +23,9 @@ JPEG_START = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 AUTH_CODES = frozenset({401, 403, 498, 499})
-SERVICE_ATTEMPTS = 3  # the service JSON: a wrong URL or a dead server is reported quickly
+# the service JSON and tilemaps: a wrong URL or a dead server is reported quickly, and a broken
+# tilemap soon gives way to plain tile requests
+SERVICE_ATTEMPTS = 3
 
 
 @dataclass
@@ -191,7 +193,7 @@ class ServiceClient:
         """The tilemap of a window (spec §7.3); None for HTTP 422 (no tile in it)."""
         path = f"/tilemap/{level}/{row}/{col}/{width}/{height}"
         body = self._with_retries(self.service.url(path, {"f": "json"}), f"tilemap {path}",
-                                  _check_tilemap)
+                                  _check_tilemap, SERVICE_ATTEMPTS)
         return None if body is None else json.loads(body)
 
     # -- retries ---------------------------------------------------------------------------

@@ -56,13 +56,30 @@ class QgisTransport:
     """Runs engine functions on `concurrency` QThreadPool threads; `get` uses QGIS's stack."""
 
     def __init__(self, concurrency: int, authcfg: str = ""):
-        self._pool = QThreadPool()
-        self._pool.setMaxThreadCount(max(1, concurrency))
         self._concurrency = max(1, concurrency)
+        self._pool = QThreadPool()
+        self._pool.setMaxThreadCount(self._concurrency)
+        self._pool.setExpiryTimeout(-1)  # the threads prepared below serve the whole run
         self._authcfg = authcfg
         self._canceled = threading.Event()
         self._lock = threading.Lock()
         self._jobs: set[_Job] = set()
+        self._prepare_threads()
+
+    def _prepare_threads(self) -> None:
+        """Start every pool thread now and take its network manager's disk cache away before
+        any request exists: deleting a cache while another thread's QgsBlockingNetworkRequest
+        (a Python-made object) is being disconnected deadlocks on the GIL (seen on 3.22)."""
+        ready = threading.Barrier(self._concurrency + 1, timeout=60)
+
+        def prepare() -> None:
+            _without_disk_cache()
+            ready.wait()  # holds this thread, so that every job lands on a thread of its own
+
+        futures = [self.submit(prepare) for _ in range(self._concurrency)]
+        ready.wait()
+        for future in futures:
+            future.result()
 
     @property
     def concurrency(self) -> int:
@@ -115,7 +132,6 @@ class QgisTransport:
         request.setAttribute(QNetworkRequest.CacheLoadControlAttribute,
                              QNetworkRequest.AlwaysNetwork)
         request.setAttribute(QNetworkRequest.CacheSaveControlAttribute, False)
-        _without_disk_cache()
         blocking = QgsBlockingNetworkRequest()
         if self._authcfg:
             blocking.setAuthCfg(self._authcfg)

@@ -234,6 +234,17 @@ def test_tilemap_skips_absent_tiles(serve, sparse_cache, tmp_path):
         assert row // 128 == (row + height - 1) // 128 and col // 128 == (col + width - 1) // 128
 
 
+def test_a_broken_tilemap_gives_way_to_tile_requests(serve, tmp_path):
+    server = serve({"world": SAMPLE}, fault="html", fault_fraction=1.0, fault_attempts=3,
+                   fault_tilemap=True)
+    run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-1",
+                "TARGET_CACHE_PATH": str(tmp_path / "out")})
+    assert read_all_tiles(tmp_path / "out" / "world" / "Layers") == {
+        k: v for k, v in read_all_tiles(SAMPLE).items() if k[0] <= 1}
+    tilemaps = [e for e in server.log.entries() if e.kind == "tilemap"]
+    assert len(tilemaps) == 3  # three attempts, then plain tile requests for good
+
+
 def test_blank_tiles_are_not_written(serve, sparse_cache, tmp_path):
     cache, tiles = sparse_cache
     server = serve({"sparse": cache}, tilemap=False, blank_tiles=True,
