@@ -63,6 +63,7 @@ def _core_module(name: str) -> ModuleType:
 
 
 cache_source = _core_module("cache_source")
+package_metadata = _core_module("package_metadata")
 errors = _core_module("errors")
 tiling_scheme = _core_module("tiling_scheme")
 PACKET = tiling_scheme.PACKET_SIZE  # tiles per bundle side (spec §0)
@@ -295,17 +296,8 @@ class _Service:
             singleFusedMapCache=True,
             spatialReference=sr,
             tileInfo={
-                "rows": scheme.tile_rows,
-                "cols": scheme.tile_cols,
-                "dpi": scheme.dpi,
-                "format": scheme.tile_format,
-                "compressionQuality": scheme.compression_quality,
-                "origin": {"x": scheme.origin_x, "y": scheme.origin_y},
+                **package_metadata.tile_info(scheme),
                 "spatialReference": sr,
-                "lods": [
-                    {"level": lod.level, "resolution": lod.resolution, "scale": lod.scale}
-                    for lod in scheme.lods
-                ],
                 "storageFormat": scheme.storage_format.value,
             },
         )
