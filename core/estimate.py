@@ -12,7 +12,8 @@ from typing import Callable, Optional
 
 from .cache_source import CacheSource
 from .errors import CacheError
-from .selection import Coverage, ExtentSelection, Selection
+from .exporter import plan_bundles
+from .selection import Coverage, PolygonSelection, Selection
 from .service_source import ServiceLayout
 from .tiling_scheme import TileRange, bundle_range
 
@@ -44,7 +45,7 @@ def area_tile_count(source: CacheSource, level: int, selection: Selection) -> in
         window = layout.area(level, window)
         if window is None:
             return 0
-    if type(selection) in (Selection, ExtentSelection) and isinstance(layout, ServiceLayout):
+    if not isinstance(selection, PolygonSelection) and isinstance(layout, ServiceLayout):
         return window.count
     total = 0
     for number, (brow, bcol) in enumerate(layout.bundle_keys(level, window)):
@@ -65,7 +66,7 @@ def _count_in_bundle(level: int, brow: int, bcol: int, window: Optional[TileRang
     coverage = selection.bundle_coverage(level, brow, bcol)
     if coverage is Coverage.NONE:
         return 0
-    if coverage is Coverage.ALL or type(selection) in (Selection, ExtentSelection):
+    if coverage is Coverage.ALL or not isinstance(selection, PolygonSelection):
         return block.count
     return sum(1 for row in range(block.row_min, block.row_max + 1)
                for col in range(block.col_min, block.col_max + 1)
@@ -85,25 +86,18 @@ def estimate(source: CacheSource, levels: list[int], selection: Selection,
             continue
         area = area_tile_count(source, level, selection)
         if isinstance(source.layout, ServiceLayout):
-            result.append(_service_level(source.layout, level, selection, area))
+            result.append(_service_level(source, level, selection, area))
         else:
             result.append(_local_level(source, level, selection, area))
     return result
-
-
-def _wanted(selection: Selection, level: int, brow: int, bcol: int):
-    coverage = selection.bundle_coverage(level, brow, bcol)
-    return lambda row, col: coverage is Coverage.ALL or selection.contains(level, row, col)
 
 
 def _local_level(source: CacheSource, level: int, selection: Selection, area: int
                  ) -> LevelEstimate:
     tiles = size = 0
     layout = source.layout
-    for brow, bcol in layout.bundle_keys(level, selection.window(level)):
-        if selection.bundle_coverage(level, brow, bcol) is Coverage.NONE:
-            continue
-        wanted = _wanted(selection, level, brow, bcol)
+    for _, brow, bcol in plan_bundles(source, [level], selection):
+        wanted = selection.tile_filter(level, brow, bcol)
         reader = layout.open_bundle(level, brow, bcol, wanted)
         if reader is None:
             continue
@@ -118,14 +112,13 @@ def _local_level(source: CacheSource, level: int, selection: Selection, area: in
     return LevelEstimate(level, area, tiles, size, True)
 
 
-def _service_level(layout: ServiceLayout, level: int, selection: Selection, area: int
+def _service_level(source: CacheSource, level: int, selection: Selection, area: int
                    ) -> LevelEstimate:
+    layout = source.layout
     candidates = 0
     samples: list[tuple[int, int]] = []
-    for brow, bcol in layout.bundle_keys(level, selection.window(level)):
-        if selection.bundle_coverage(level, brow, bcol) is Coverage.NONE:
-            continue
-        keys = layout.wanted_tiles(level, brow, bcol, _wanted(selection, level, brow, bcol))
+    for _, brow, bcol in plan_bundles(source, [level], selection):
+        keys = layout.wanted_tiles(level, brow, bcol, selection.tile_filter(level, brow, bcol))
         keys = layout.present(level, keys)
         candidates += len(keys)
         if keys and len(samples) < MAX_SAMPLE_POOL:

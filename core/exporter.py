@@ -239,11 +239,7 @@ class Exporter:
 
     def _run_bundle(self, target: Target, level: int, brow: int, bcol: int) -> _TaskResult:
         self._check_stop()
-        coverage = self.selection.bundle_coverage(level, brow, bcol)
-
-        def wanted(row: int, col: int) -> bool:
-            return coverage is Coverage.ALL or self.selection.contains(level, row, col)
-
+        wanted = self.selection.tile_filter(level, brow, bcol)
         source = self.source.layout.open_bundle(level, brow, bcol, wanted)
         old = None
         if target.existing is not None:

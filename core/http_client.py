@@ -168,7 +168,8 @@ class ServiceClient:
         url = self.service.url(path, {"f": "json", **(query or {})})
         what = f"{self.service}{path}"
         try:
-            return self.transport.result(self.transport.submit(self._json, url, what))
+            return self.transport.result(self.transport.submit(
+                self._with_retries, url, what, _check_json, SERVICE_ATTEMPTS))
         except TileFailed as exc:
             raise CacheError(
                 f"The service at {self.service} did not answer usably: {exc.reason} (after "
@@ -176,11 +177,6 @@ class ServiceClient:
                 "your network and proxy settings (QGIS Options > Network), and that the "
                 "service is running."
             ) from None
-
-    def _json(self, url: str, what: str) -> dict:
-        body = self._with_retries(url, what, _check_json, SERVICE_ATTEMPTS)
-        value = json.loads(body)
-        return value
 
     def tile(self, level: int, row: int, col: int) -> Optional[bytes]:
         """The tile's bytes, None when the service has no such tile (404 or blank tile).
@@ -192,9 +188,8 @@ class ServiceClient:
                 ) -> Optional[dict]:
         """The tilemap of a window (spec §7.3); None for HTTP 422 (no tile in it)."""
         path = f"/tilemap/{level}/{row}/{col}/{width}/{height}"
-        body = self._with_retries(self.service.url(path, {"f": "json"}), f"tilemap {path}",
+        return self._with_retries(self.service.url(path, {"f": "json"}), f"tilemap {path}",
                                   _check_tilemap, SERVICE_ATTEMPTS)
-        return None if body is None else json.loads(body)
 
     # -- retries ---------------------------------------------------------------------------
 
@@ -336,7 +331,7 @@ def image_problem(body: bytes) -> str:
     return ""  # another image format (LERC, WebP…): checked by its length only
 
 
-def _check_json(response: HttpResponse) -> bytes:
+def _check_json(response: HttpResponse) -> dict:
     _check_http(response)
     status = response.status
     if status != 200:
@@ -347,13 +342,15 @@ def _check_json(response: HttpResponse) -> bytes:
             raise _Retry(f"error {error[0]}: {error[1]}")
         raise CacheError(f"The service answered with error {error[0]}: {error[1]}.")
     try:
-        json.loads(response.body)
+        value = json.loads(response.body)
     except ValueError:
         raise _Retry("not JSON") from None
-    return response.body
+    if not isinstance(value, dict):
+        raise _Retry("not a JSON object")
+    return value
 
 
-def _check_tilemap(response: HttpResponse) -> Optional[bytes]:
+def _check_tilemap(response: HttpResponse) -> Optional[dict]:
     _check_http(response)
     if response.status == 422:
         return None

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Optional
+from typing import Callable, Optional
 
 from shapely import wkb
 from shapely.geometry import box
@@ -33,6 +33,13 @@ class Selection:
 
     def contains(self, level: int, row: int, col: int) -> bool:
         return True
+
+    def tile_filter(self, level: int, brow: int, bcol: int) -> Callable[[int, int], bool]:
+        """(row, col) -> selected, for the tiles of one bundle: tested per tile only where the
+        bundle is partly covered."""
+        if self.bundle_coverage(level, brow, bcol) is Coverage.ALL:
+            return lambda row, col: True
+        return lambda row, col: self.contains(level, row, col)
 
 
 class ExtentSelection(Selection):

@@ -7,13 +7,13 @@ temporary file as size-prefixed records, so the bundle then reads like a local c
 """
 from __future__ import annotations
 
-import struct
 import tempfile
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from .bundle_records import PREFIX, RecordFileReader
 from .cache_source import CacheSource, safe_name
 from .cache_storage import Layout, Wanted, level_folder
 from .errors import CacheError, ExportCanceled
@@ -23,13 +23,11 @@ from .service_url import ServiceUrl, parse_service_url
 from .tiling_scheme import TileRange, TilingScheme, bundle_range
 
 TILEMAP_BLOCK = 32  # tilemap windows are aligned to this, so never cross a bundle (spec §7.3)
-PREFIX = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
 class ServiceInfo:
     url: ServiceUrl
-    kind: str
     tilemap: bool
     export_tiles_allowed: Optional[bool]
     max_export_tiles_count: Optional[int]
@@ -42,7 +40,7 @@ class ServiceInfo:
             self.export_tiles_allowed]
         limit = self.max_export_tiles_count
         return (
-            f"{self.kind} at {self.url}: levels {self.min_level}-{self.max_level}, "
+            f"{self.url.kind} at {self.url}: levels {self.min_level}-{self.max_level}, "
             f"{self.tile_format}, tilemap {'yes' if self.tilemap else 'no'}; exportTiles "
             f"{allowed}" + (f", maxExportTilesCount {limit}" if limit is not None else "")
         )
@@ -92,7 +90,6 @@ def _describe(service: dict, url: ServiceUrl) -> tuple[TilingScheme, ServiceInfo
     allowed = service.get("exportTilesAllowed")
     info = ServiceInfo(
         url=url,
-        kind=url.kind,
         tilemap="tilemap" in capabilities,
         export_tiles_allowed=allowed if isinstance(allowed, bool) else None,
         max_export_tiles_count=_int(service.get("maxExportTilesCount"), None),
@@ -243,15 +240,13 @@ class ServiceLayout(Layout):
         except BaseException:
             bundle.close()
             raise
-        return bundle if bundle.present() else _closed(bundle)
+        if bundle.present():
+            return bundle
+        bundle.close()
+        return None
 
     def member_paths(self, level: int, brow: int, bcol: int) -> list[str]:
         return []
-
-
-def _closed(bundle: DownloadedBundle) -> None:
-    bundle.close()
-    return None
 
 
 def _align(index: int) -> int:
@@ -277,15 +272,38 @@ def _tilemap_tiles(answer: dict, window: TileRange) -> Optional[tuple[frozenset,
     return found, TileRange(top, top + height - 1, left, left + width - 1)
 
 
-class DownloadedBundle:
-    """A bundle's tiles fetched into a temporary spool of size-prefixed records; reads like a
-    local compact bundle (`present`, `read`, `locate`, `pread`)."""
+class _Spool:
+    """A temporary file of size-prefixed records: appended by one thread, then read."""
+
+    name = "download spool"
+
+    def __init__(self):
+        self._file = tempfile.TemporaryFile(prefix="mapservercache-")  # noqa: SIM115 - close()
+        self.size = 0
+
+    def append(self, data: bytes) -> int:
+        """Write one record; return the offset of its bytes."""
+        self._file.seek(self.size)
+        self._file.write(PREFIX.pack(len(data)) + data)
+        self.size += PREFIX.size + len(data)
+        return self.size - len(data)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        self._file.seek(offset)
+        return self._file.read(length)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class DownloadedBundle(RecordFileReader):
+    """A bundle's tiles fetched into a spool of size-prefixed records, read like a local
+    compact bundle (so record runs are copied the same way)."""
 
     def __init__(self, client: ServiceClient):
         self._client = client
-        self._spool = tempfile.TemporaryFile(prefix="mapservercache-")  # noqa: SIM115 - close()
+        self._data = _Spool()
         self._index: dict[tuple[int, int], tuple[int, int]] = {}
-        self._end = 0
 
     def download(self, level: int, keys: list[tuple[int, int]], fetched: dict) -> None:
         """Fetch `keys` (those in `fetched` came earlier: bytes, None or a failure)."""
@@ -318,9 +336,9 @@ class DownloadedBundle:
                     client.tally.add(exc)
                     failure = failure or exc
                     continue
-                except BaseException as exc:  # canceled, refused credentials…
-                    failure = exc if failure is None or isinstance(failure, TileFailed) else (
-                        failure)
+                except BaseException as exc:  # canceled, refused credentials: these win
+                    if failure is None or isinstance(failure, TileFailed):
+                        failure = exc
                     continue
                 if data is not None:
                     self._append(key, data)
@@ -332,26 +350,13 @@ class DownloadedBundle:
             raise failure
 
     def _append(self, key: tuple[int, int], data: bytes) -> None:
-        self._spool.seek(self._end)
-        self._spool.write(PREFIX.pack(len(data)) + data)
-        self._index[key] = (self._end + 4, len(data))
-        self._end += 4 + len(data)
+        self._index[key] = (self._data.append(data), len(data))
 
     def present(self) -> list[tuple[int, int]]:
         return sorted(self._index)
 
     def locate(self, row: int, col: int) -> tuple[int, int]:
         return self._index[(row, col)]
-
-    def pread(self, offset: int, length: int) -> bytes:
-        self._spool.seek(offset)
-        return self._spool.read(length)
-
-    def read(self, row: int, col: int) -> bytes:
-        return self.pread(*self.locate(row, col))
-
-    def close(self) -> None:
-        self._spool.close()
 
 
 class DownloadFailed(CacheError):

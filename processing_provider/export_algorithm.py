@@ -209,8 +209,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             ) from None
 
     def _export(self, parameters, context, feedback):
-        resolved = getattr(self, "_input", None) or resolve_input(
-            self.parameterAsString(parameters, self.INPUT_SERVICE, context).strip(), context)
+        resolved = self._input  # set by prepareAlgorithm
         if isinstance(resolved, QgsProcessingException):
             raise resolved
         package = self.parameterAsEnum(parameters, self.EXPORT_CACHE_TYPE, context) == 1
