@@ -682,3 +682,19 @@ def test_qgis_process_over_http(serve, tmp_path, token_in_env, run_qgis_process)
                             "TOKEN": "env:NOT_SET_ANYWHERE_42",
                             "TARGET_CACHE_PATH": str(tmp_path / "x")})
     assert "NOT_SET_ANYWHERE_42" in message and "not set" in message
+
+
+def test_tiles_do_not_go_into_the_users_network_cache(serve, tmp_path):
+    from qgis.core import QgsNetworkAccessManager
+    from qgis.PyQt.QtCore import QUrl
+
+    server = serve({"world": SAMPLE})
+    run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-1",
+                "TARGET_CACHE_PATH": str(tmp_path / "out")})
+    cache = QgsNetworkAccessManager.instance().cache()
+    assert cache is not None  # the main thread's manager keeps the user's cache
+    tiles = [e for e in server.log.entries() if e.kind == "tile"]
+    assert len(tiles) >= 5
+    for entry in tiles:
+        url = QUrl(f"{server.base_url.split('/arcgis')[0]}{entry.path}?blankTile=false")
+        assert not cache.metaData(url).isValid(), url.toString()
