@@ -1,8 +1,9 @@
 """Running an export: plan the bundles, copy tiles bundle by bundle in a worker pool, commit.
 
-Tiles are copied as bytes (never decoded); each 128x128 bundle of the target is written by
-exactly one worker, so no two threads ever share a bundle file. Only the bundle list of the
-export is held in memory, never a level's tiles.
+Tiles are copied as bytes; only tiles whose pixels change (clipped by the area of interest,
+merged into an existing tile, converted to another format) are decoded, by tile_composer. Each
+128x128 bundle of the target is written by exactly one worker, so no two threads ever share a
+bundle file. Only the bundle list of the export is held in memory, never a level's tiles.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -23,7 +24,9 @@ from .geometry import Extent
 from .selection import Coverage, Selection
 from .spatial_reference import geographic_extent
 from .thumbnail import draw_thumbnail
-from .tiling_scheme import StorageFormat, TileRange
+from .tile_composer import Action, BundleComposer, PixelOptions
+from .tile_image import DEFAULT_JPEG_QUALITY, TileEncoding
+from .tiling_scheme import StorageFormat, TileRange, TilingScheme
 
 CANCEL_CHECK_EVERY = 256
 WAIT_SLICE = 0.05  # seconds between checks for cancel (and event-loop turns) while waiting
@@ -40,6 +43,10 @@ class ExportOptions:
     workers: int = -1
     name: Optional[str] = None
     geographic_extent: Optional[Extent] = None  # lon/lat of the export, for package metadata
+    tile_format: Optional[str] = None  # None: the input's (or the existing target's) format
+    quality: Optional[int] = None  # JPEG quality of new tiles; None: the cache's, else 75
+    optimize: bool = False  # recompress JPEG tiles at `quality` where that makes them smaller
+    background: tuple[int, int, int] = (255, 255, 255)  # outside pixels where no alpha
 
 
 @dataclass
@@ -136,6 +143,11 @@ class Exporter:
         try:
             if target.existing is not None and _same_place(self.source, target):
                 raise CacheError("The target is the input cache itself; choose another target.")
+            self._scheme = self._output_scheme(target)
+            self._pixels = PixelOptions(
+                TileEncoding(self._scheme.tile_format, self._scheme.compression_quality
+                             or DEFAULT_JPEG_QUALITY, self.options.background),
+                self.source.scheme.tile_format, self.options.overwrite, self.options.optimize)
             if self.options.overwrite and target.existing is not None:
                 # the target's bundles in the selection too: their selected tiles are replaced,
                 # so possibly removed
@@ -143,7 +155,7 @@ class Exporter:
                     plan_bundles(target.existing, self.levels, self.selection)))
             results = self._run_tasks(target, tasks)
             per_level = {level: LevelResult(level) for level in self.levels}
-            finish = Finish(self.source.scheme, [], Extent(0, 0, 0, 0), None)
+            finish = Finish(self._scheme, [], Extent(0, 0, 0, 0), None)
             extent: Optional[Extent] = None
             ranges: dict[int, TileRange] = {}
             for result in results:
@@ -189,6 +201,25 @@ class Exporter:
             seconds=time.monotonic() - started,
             levels=[per_level[level] for level in self.levels],
         )
+
+    def _output_scheme(self, target: Target) -> TilingScheme:
+        """The source's scheme with the tile format and quality the written tiles have."""
+        base = target.existing.scheme if target.existing is not None else self.source.scheme
+        wanted = self.options.tile_format
+        if target.existing is not None and wanted and wanted != base.tile_format:
+            raise CacheError(
+                f"The existing cache {str(target.existing.location)!r} holds {base.tile_format} "
+                f"tiles, so tiles cannot be merged into it as {wanted}. Leave TILE_FORMAT on "
+                f"'keep' (tiles are then written as {base.tile_format}) or choose another "
+                "target.")
+        tile_format = wanted or base.tile_format
+        quality = base.compression_quality
+        if tile_format in ("JPEG", "MIXED"):
+            quality = self.options.quality or (
+                quality if tile_format == base.tile_format and quality else DEFAULT_JPEG_QUALITY)
+        else:
+            quality = 0
+        return replace(self.source.scheme, tile_format=tile_format, compression_quality=quality)
 
     def _data_extent(self, tiles_extent: Optional[Extent]) -> Extent:
         """The exported tiles' bounds, trimmed to the request and to the source's data extent."""
@@ -252,6 +283,10 @@ class Exporter:
                     reader.close()
 
     def _copy_bundle(self, target, level, brow, bcol, source, old, wanted) -> _TaskResult:
+        clipper = self.selection.clipper(level, brow, bcol)
+        if BundleComposer.needed(self._pixels, clipper, old is not None):
+            composer = BundleComposer(self._pixels, source, old, clipper, wanted)
+            return self._compose_bundle(target, level, brow, bcol, composer)
         exported = [key for key in source.present() if wanted(*key)] if source else []
         exported_set = set(exported)
         kept, removed = [], []
@@ -298,6 +333,69 @@ class Exporter:
             raise
         result.touched = True
         result.removals = getattr(writer, "deferred_removals", [])
+        return result
+
+    def _compose_bundle(self, target, level, brow, bcol, composer: BundleComposer
+                        ) -> _TaskResult:
+        """A bundle with pixel work: tiles planned first, then written in order, computed ones
+        as they come (so a bundle's new tiles are never all held in memory)."""
+        source, old = composer.source, composer.existing
+        exported = {key for key in source.present() if composer.wanted(*key)} if source else set()
+        plan = composer.plan(exported, set(old.present()) if old else set())
+        result = _TaskResult(level, brow, bcol, 0, 0, None, False, [])
+        exploded = self.options.storage is StorageFormat.EXPLODED
+        if exploded:  # tile files are written one by one: kept ones are left alone
+            plan = [step for step in plan if step[2] is not Action.COPY_EXISTING]
+        if all(action is Action.COPY_EXISTING for _, _, action in plan):
+            return result
+        writer = target.writer(level, brow, bcol)
+        written: list[tuple[int, int]] = []
+        try:
+            run: list = []  # consecutive verbatim records, copied together
+            for number, (row, col, action) in enumerate(plan):
+                if number % CANCEL_CHECK_EVERY == 0:
+                    self._check_stop()
+                if action is Action.COMPUTE:
+                    data, from_source = composer.compute(row, col)
+                elif action is Action.REMOVE:
+                    data, from_source = None, False
+                else:
+                    from_source = action is Action.COPY_EXPORTED
+                    reader = source if from_source else old
+                    if hasattr(reader, "locate") and hasattr(writer, "add_records"):
+                        run.append((row, col, reader))
+                        if from_source:
+                            written.append((row, col))
+                            result.bytes += reader.locate(row, col)[1]
+                        continue
+                    data = reader.read(row, col)
+                if run:
+                    copy_records(run, writer)
+                    run = []
+                if data is None:
+                    if exploded:
+                        writer.remove(row, col)
+                    continue
+                writer.add(row, col, data)
+                if from_source:
+                    written.append((row, col))
+                    result.bytes += len(data)
+            if run:
+                copy_records(run, writer)
+            if not exploded and writer.count == 0 and self.options.package:
+                writer.abort()  # every tile removed: the package gets no such bundle
+            else:
+                writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        result.touched = True
+        result.removals = getattr(writer, "deferred_removals", [])
+        result.tiles = len(written)
+        if written:
+            rows = [r for r, _ in written]
+            cols = [c for _, c in written]
+            result.tile_range = TileRange(min(rows), max(rows), min(cols), max(cols))
         return result
 
     def _copy_runs(self, tiles: list, writer) -> None:

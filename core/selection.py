@@ -4,10 +4,12 @@ from __future__ import annotations
 import enum
 from typing import Callable, Optional
 
-from shapely import wkb
+import numpy as np
 from shapely.geometry import box
 from shapely.prepared import prep
 
+from .aoi_geometry import aoi_in_cache
+from .clip_mask import PolygonRaster
 from .errors import CacheError
 from .geometry import Extent
 from .tiling_scheme import TileRange, TilingScheme, bundle_range
@@ -33,6 +35,10 @@ class Selection:
 
     def contains(self, level: int, row: int, col: int) -> bool:
         return True
+
+    def clipper(self, level: int, brow: int, bcol: int) -> Optional[BundleClipper]:
+        """Pixel masks for the tiles of one bundle; None where selected tiles are kept whole."""
+        return None
 
     def tile_filter(self, level: int, brow: int, bcol: int) -> Callable[[int, int], bool]:
         """(row, col) -> selected, for the tiles of one bundle: tested per tile only where the
@@ -72,25 +78,22 @@ class ExtentSelection(Selection):
 
 
 class PolygonSelection(ExtentSelection):
-    """Tiles whose area meets a (multi)polygon, tested per bundle first and per tile after."""
+    """Tiles whose area meets a (multi)polygon, tested per bundle first and per tile after.
 
-    def __init__(self, scheme: TilingScheme, polygon_wkb: bytes):
-        try:
-            geometry = wkb.loads(bytes(polygon_wkb))
-        except Exception as exc:  # shapely raises several types across 1.8 and 2.x
-            raise CacheError(f"The area of interest is not a valid geometry ({exc}).") from exc
-        if geometry.is_empty or geometry.geom_type not in ("Polygon", "MultiPolygon"):
-            raise CacheError(
-                f"The area of interest must be a polygon; got {geometry.geom_type or 'nothing'}."
-            )
-        if not geometry.is_valid:
-            geometry = geometry.buffer(0)
+    With `clip`, the pixels of a selected tile whose centres lie outside the polygon are cut
+    away (see BundleClipper); without it selected tiles are kept whole.
+    """
+
+    def __init__(self, scheme: TilingScheme, polygon_wkb: bytes, clip: bool = True):
+        geometry = aoi_in_cache(polygon_wkb, scheme)
         super().__init__(scheme, Extent(*geometry.bounds))
         self._geometry = prep(geometry)
+        self._raster = PolygonRaster.from_geometry(geometry) if clip else None
 
-    def _box(self, level: int, tiles: TileRange):
+    def _box(self, level: int, tiles: TileRange, inset: float = 0.1):
+        """The tiles' area shrunk by `inset` pixels."""
         extent = self._scheme.range_extent(level, tiles)
-        shrink = self._scheme.lod(level).resolution / 10
+        shrink = self._scheme.lod(level).resolution * inset
         return box(extent.xmin + shrink, extent.ymin + shrink, extent.xmax - shrink,
                    extent.ymax - shrink)
 
@@ -110,3 +113,48 @@ class PolygonSelection(ExtentSelection):
         return super().contains(level, row, col) and self._geometry.intersects(
             self._box(level, TileRange(row, row, col, col))
         )
+
+    def clipper(self, level: int, brow: int, bcol: int) -> Optional[BundleClipper]:
+        if self._raster is None:
+            return None
+        full = bundle_range(brow, bcol)
+        # every pixel centre of the bundle inside: no tile needs a mask
+        if self._geometry.contains(self._box(level, full, inset=0.5)):
+            return None
+        extent = self._scheme.range_extent(level, full)
+        return BundleClipper(self, level, self._raster.band(extent.ymin, extent.ymax))
+
+    def tile_state(self, level: int, row: int, col: int) -> TileState:
+        """Where the tile's pixel centres lie: the centres span the tile shrunk by half a
+        pixel, so containment of that box decides INSIDE and OUTSIDE exactly."""
+        centres = self._box(level, TileRange(row, row, col, col), inset=0.5)
+        if self._geometry.contains(centres):
+            return TileState.INSIDE
+        if not self._geometry.intersects(centres):
+            return TileState.OUTSIDE
+        return TileState.BOUNDARY
+
+
+class TileState(enum.Enum):
+    INSIDE = 0  # every pixel centre inside the area of interest
+    BOUNDARY = 1
+    OUTSIDE = 2
+
+
+class BundleClipper:
+    """The clipping of one bundle's tiles by the area of interest."""
+
+    def __init__(self, selection: PolygonSelection, level: int, raster: PolygonRaster):
+        self._selection, self._level, self._raster = selection, level, raster
+        scheme = selection._scheme
+        self._extent = lambda row, col: scheme.tile_extent(level, row, col)
+        self.size = (scheme.tile_cols, scheme.tile_rows)
+
+    def state(self, row: int, col: int) -> TileState:
+        return self._selection.tile_state(self._level, row, col)
+
+    def mask(self, row: int, col: int) -> np.ndarray:
+        """(rows, cols) bools: pixel centres inside the area of interest."""
+        width, height = self.size
+        return self._raster.mask(self._extent(row, col), width, height)
+

@@ -14,6 +14,7 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterAuthConfig,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterColor,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
@@ -21,8 +22,9 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
-from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtGui import QColor, QIcon
 
+from ..core.aoi_geometry import world_span
 from ..core.cache_source import CacheSource, open_cache
 from ..core.errors import CacheError, ExportCanceled
 from ..core.estimate import area_tile_count, estimate, format_size
@@ -43,6 +45,8 @@ DEFAULT_MAX_TILES = 100_000  # the REST API's default maxExportTilesCount
 MAX_REQUESTS_PER_HOST = 8
 CACHE_TYPES = ("CACHE_DATASET", "TILE_PACKAGE")
 STORAGE_FORMATS = (StorageFormat.COMPACT, StorageFormat.COMPACT_V2, StorageFormat.EXPLODED)
+# TILE_FORMAT options; "keep" = the input's format (the existing target's when merging)
+TILE_FORMATS = ("keep", "PNG", "PNG8", "JPEG", "MIXED", "PNG24", "PNG32")
 
 HELP = """<p>Exports tiles from an Esri tile cache into a cache dataset (Exploded, Compact V1 or
 Compact V2) or a tile package (.tpk for Compact V1, .tpkx for Compact V2), as ArcGIS's "Export Map
@@ -112,6 +116,11 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
     MAX_REQUESTS_PER_SECOND = "MAX_REQUESTS_PER_SECOND"
     MAX_TILE_COUNT = "MAX_TILE_COUNT"
     ESTIMATE_ONLY = "ESTIMATE_ONLY"
+    DISABLE_CLIPPING = "DISABLE_CLIPPING"
+    TILE_FORMAT = "TILE_FORMAT"
+    COMPRESSION_QUALITY = "COMPRESSION_QUALITY"
+    OPTIMIZE_TILES_FOR_SIZE = "OPTIMIZE_TILES_FOR_SIZE"
+    BACKGROUND_COLOR = "BACKGROUND_COLOR"
     OUTPUT_CACHE_PATH = "OUTPUT_CACHE_PATH"
     TILE_COUNT = "TILE_COUNT"
     BYTE_COUNT = "BYTE_COUNT"
@@ -181,6 +190,24 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(
             self.ESTIMATE_ONLY, "Only estimate the tile count and size; write nothing",
             defaultValue=False, optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.DISABLE_CLIPPING,
+            "Keep boundary tiles whole (do not clip them to the area of interest)",
+            defaultValue=False, optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.TILE_FORMAT, "Tile format", options=list(TILE_FORMATS), defaultValue=0,
+            optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.COMPRESSION_QUALITY, "JPEG compression quality (1-100; empty = the cache's)",
+            type=QgsProcessingParameterNumber.Integer, minValue=1, maxValue=100,
+            optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.OPTIMIZE_TILES_FOR_SIZE,
+            "Optimize tiles for size (recompress JPEG tiles at the compression quality)",
+            defaultValue=False, optional=True))
+        self.addParameter(QgsProcessingParameterColor(
+            self.BACKGROUND_COLOR, "Background colour (outside pixels of JPEG tiles)",
+            defaultValue=QColor(255, 255, 255), opacityEnabled=False, optional=True))
         self.addOutput(QgsProcessingOutputFile(
             self.OUTPUT_CACHE_PATH, "Exported cache (Layers folder or package file)"))
         self.addOutput(QgsProcessingOutputNumber(self.TILE_COUNT, "Tiles exported (estimated)"))
@@ -287,6 +314,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
                 parameters, self.COPY_DATA_FROM_SERVER, context),
             workers=workers,
             geographic_extent=self._lonlat(crs_extent, scheme),
+            **self._tile_options(parameters, context, feedback),
         )
         feedback.pushInfo(
             f"{'Concurrent requests' if source.service else 'Workers'}: {options.workers}")
@@ -312,6 +340,28 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self.TILE_COUNT: result.tile_count,
             self.BYTE_COUNT: result.byte_count,
         }
+
+    def _tile_options(self, parameters, context, feedback) -> dict:
+        """TILE_FORMAT, COMPRESSION_QUALITY, OPTIMIZE_TILES_FOR_SIZE and BACKGROUND_COLOR as
+        ExportOptions fields."""
+        choice = TILE_FORMATS[self.parameterAsEnum(parameters, self.TILE_FORMAT, context)]
+        tile_format = None if choice == "keep" else choice
+        quality = None
+        if parameters.get(self.COMPRESSION_QUALITY) not in (None, ""):
+            quality = self.parameterAsInt(parameters, self.COMPRESSION_QUALITY, context)
+        optimize = self.parameterAsBool(parameters, self.OPTIMIZE_TILES_FOR_SIZE, context)
+        if optimize and quality is None:
+            raise QgsProcessingException(
+                "OPTIMIZE_TILES_FOR_SIZE recompresses JPEG tiles at COMPRESSION_QUALITY: give "
+                "a quality from 1 (smallest) to 100 (best), e.g. 60.")
+        colour = QColor(255, 255, 255)
+        if parameters.get(self.BACKGROUND_COLOR) not in (None, ""):
+            colour = self.parameterAsColor(parameters, self.BACKGROUND_COLOR, context)
+            if not colour.isValid():
+                raise QgsProcessingException(
+                    "BACKGROUND_COLOR is not a colour; give it as #rrggbb or r,g,b.")
+        return {"tile_format": tile_format, "quality": quality, "optimize": optimize,
+                "background": (colour.red(), colour.green(), colour.blue())}
 
     def _token(self, parameters, context) -> Optional[str]:
         """TOKEN as given, or read from the environment variable NAME for `env:NAME` (so that
@@ -376,7 +426,10 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
                 feedback.pushWarning(
                     "Both AREA_OF_INTEREST and EXPORT_EXTENT are set: the area of interest is "
                     "used and the extent ignored.")
-            return PolygonSelection(scheme, aoi_wkb(source, crs, context))
+            clip = not self.parameterAsBool(parameters, self.DISABLE_CLIPPING, context)
+            polygon = aoi_wkb(source, crs, context, scheme.spatial_reference,
+                              world_span(scheme) is not None)
+            return PolygonSelection(scheme, polygon, clip)
         rect = self.parameterAsExtent(parameters, self.EXPORT_EXTENT, context, crs)
         if rect.isNull() or rect.isEmpty():
             raise QgsProcessingException(

@@ -16,6 +16,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
+from ..core.aoi_geometry import lonlat_in_world
 from ..core.geometry import Extent
 from ..core.spatial_reference import SpatialReference
 
@@ -49,20 +50,35 @@ def to_extent(rect: QgsRectangle) -> Extent:
 
 
 def aoi_wkb(source: QgsProcessingFeatureSource, crs: QgsCoordinateReferenceSystem,
-            context) -> bytes:
-    """The union of the AOI's polygons, transformed by QGIS into the cache's CRS, as WKB."""
+            context, sr: SpatialReference, world: bool) -> bytes:
+    """The union of the AOI's polygons, transformed by QGIS into the cache's CRS, as WKB.
+
+    For a cache that wraps around the world (`world`), polygons in another CRS go through
+    longitude/latitude, where parts crossing the antimeridian are cut and brought into
+    -180..180 before QGIS projects them (a direct transformation would wrap each vertex on its
+    own and turn such a polygon inside out).
+    """
     if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
         raise QgsProcessingException(
             "AREA_OF_INTEREST must be a polygon layer; the layer given has "
             f"{QgsWkbTypes.displayString(source.wkbType())} geometries."
         )
-    request = QgsFeatureRequest().setDestinationCrs(crs, context.transformContext())
+    via_lonlat = world and source.sourceCrs() != crs
+    request = QgsFeatureRequest().setDestinationCrs(
+        WGS84 if via_lonlat else crs, context.transformContext())
     request.setNoAttributes()
     parts = []
     try:
         for feature in source.getFeatures(request):
             geometry = feature.geometry()
-            if not geometry.isNull() and not geometry.isEmpty():
+            if geometry.isNull() or geometry.isEmpty():
+                continue
+            if QgsWkbTypes.isCurvedType(geometry.wkbType()):
+                geometry = QgsGeometry(geometry.constGet().segmentize())
+            if via_lonlat:
+                geometry = _lonlat_to_cache(geometry, not source.sourceCrs().isGeographic(),
+                                            crs, sr, context)
+            if not geometry.isEmpty():
                 parts.append(geometry)
     except QgsCsException as exc:
         raise QgsProcessingException(
@@ -73,9 +89,18 @@ def aoi_wkb(source: QgsProcessingFeatureSource, crs: QgsCoordinateReferenceSyste
     union = QgsGeometry.unaryUnion(parts)
     if union.isNull() or union.isEmpty():
         raise QgsProcessingException("AREA_OF_INTEREST has no polygon area to export.")
-    if QgsWkbTypes.isCurvedType(union.wkbType()):
-        union = QgsGeometry(union.constGet().segmentize())
     return bytes(union.asWkb())
+
+
+def _lonlat_to_cache(geometry: QgsGeometry, projected_source: bool,
+                     crs: QgsCoordinateReferenceSystem, sr: SpatialReference,
+                     context) -> QgsGeometry:
+    result = QgsGeometry()
+    result.fromWkb(lonlat_in_world(bytes(geometry.asWkb()), projected_source,
+                                   sr.is_web_mercator))
+    if not result.isEmpty():
+        result.transform(QgsCoordinateTransform(WGS84, crs, context.transformContext()))
+    return result
 
 
 def lonlat_extent(extent: Optional[Extent], crs: QgsCoordinateReferenceSystem) -> Optional[Extent]:
