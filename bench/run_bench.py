@@ -272,12 +272,13 @@ def qgis_env(tmp: Path) -> dict:
 # -- the measured runs -------------------------------------------------------------------------
 
 def run_ours(cache: dict, out: Path, env: dict, package: bool, one: bool,
-             workers: int = -1) -> dict:
+             workers: int = -1, extra: tuple[str, ...] = ()) -> dict:
+    """`extra`: more NAME=value parameters (run_aoi_bench.py's extent, AOI and tile format)."""
     if out.exists():
         shutil.rmtree(out)
     args = [f"INPUT_SERVICE={cache['path']}", f"TARGET_CACHE_PATH={out}",
             f"EXPORT_CACHE_TYPE={1 if package else 0}", "STORAGE_FORMAT_TYPE=1",
-            f"NUM_OF_CACHING_SERVICE_INSTANCES={workers}"]
+            f"NUM_OF_CACHING_SERVICE_INSTANCES={workers}", *extra]
     if one:
         tile = cache["one_tile"]
         xmin, ymin, xmax, ymax = tile["extent_3857"]
@@ -498,10 +499,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"byte-identical tiles: ours {results['ours_dataset_identical']}"
           + (f", MapProxy {results['mapproxy_identical']}" if "mapproxy_identical" in results
              else ""))
-    if args.results.exists():  # run_http_bench.py's section stays
+    if args.results.exists():  # run_http_bench.py's and run_aoi_bench.py's sections stay
         previous = json.loads(args.results.read_text())
-        if "http" in previous:
-            results["http"] = previous["http"]
+        for section in ("http", "aoi"):
+            if section in previous:
+                results[section] = previous[section]
     args.results.write_text(json.dumps(results, indent=1) + "\n")
     print(f"results: {args.results}")
     return 0

@@ -124,7 +124,9 @@ class TileEncoding:
             return _png(_paletted(pixels))
         if fmt == "PNG32":
             return _png(Image.fromarray(pixels, "RGBA"))
-        # PNG, PNG24 and the transparent tiles of MIXED: RGB where nothing is transparent
+        if fmt == "PNG24" and not opaque:
+            return _png(_keyed(pixels))
+        # PNG and the transparent tiles of MIXED: RGB where nothing is transparent
         if opaque:
             return _png(Image.fromarray(np.ascontiguousarray(pixels[..., :3]), "RGB"))
         return _png(Image.fromarray(pixels, "RGBA"))
@@ -149,7 +151,7 @@ class TileEncoding:
         if fmt == "PNG8":
             return color == 3
         if fmt == "PNG24":
-            return color == 2
+            return color == 2  # with or without a tRNS colour
         return color == 6  # PNG32
 
 
@@ -157,6 +159,20 @@ def _png(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG", compress_level=PNG_COMPRESS_LEVEL)
     return out.getvalue()
+
+
+def _keyed(pixels: np.ndarray) -> Image.Image:
+    """24-bit RGB whose transparency is one colour (tRNS), as PNG24 tiles have it: pixels less
+    than half opaque take a colour the tile does not use otherwise."""
+    clear = pixels[..., 3] < 128
+    rgb = np.ascontiguousarray(pixels[..., :3]).copy()
+    codes = (rgb[~clear].astype(np.uint32) * (1 << 16, 1 << 8, 1)).sum(axis=1)
+    used = set(np.unique(codes).tolist())
+    key = next(code for code in range(1 << 24) if code not in used)
+    rgb[clear] = (key >> 16, (key >> 8) & 255, key & 255)
+    image = Image.fromarray(rgb, "RGB")
+    image.info["transparency"] = (key >> 16, (key >> 8) & 255, key & 255)
+    return image
 
 
 def _paletted(pixels: np.ndarray) -> Image.Image:

@@ -50,7 +50,8 @@ TILE_FORMATS = ("keep", "PNG", "PNG8", "JPEG", "MIXED", "PNG24", "PNG32")
 
 HELP = """<p>Exports tiles from an Esri tile cache into a cache dataset (Exploded, Compact V1 or
 Compact V2) or a tile package (.tpk for Compact V1, .tpkx for Compact V2), as ArcGIS's "Export Map
-Server Cache" tool does. Tiles are copied byte for byte; nothing is re-encoded.</p>
+Server Cache" tool does. Tiles are copied byte for byte; only tiles whose pixels change (clipped,
+merged or converted) are decoded and encoded again.</p>
 <p><b>Input cache or service</b> (INPUT_SERVICE): a cache dataset folder (the folder holding
 conf.xml and _alllayers, or the ArcGIS Server cache folder above Layers), a conf.xml file, a .tpk
 or a .tpkx; or an ArcGIS Server / ArcGIS Online tile service URL
@@ -74,14 +75,27 @@ within 0.01 %. Levels are level IDs and ranges, e.g. 0-5,7. Give one or neither 
 <p><b>Number of workers</b> (NUM_OF_CACHING_SERVICE_INSTANCES): bundles processed in parallel;
 -1 chooses from the number of CPUs. For a service: concurrent requests, 8 by default; raise it
 only where the service's owner allows it.</p>
-<p><b>Area of interest</b> (AREA_OF_INTEREST): a polygon layer in any CRS; tiles that intersect
-its polygons are exported. It overrides the export extent.</p>
+<p><b>Area of interest</b> (AREA_OF_INTEREST): a polygon layer in any CRS (all its polygons, or
+the selected ones with "Selected features only"); it overrides the export extent. The export is
+clipped at pixel resolution, as ArcGIS does: tiles wholly inside are copied unchanged, tiles
+outside are left out, and in tiles on the boundary the pixels whose centres lie outside the
+polygons become transparent (in JPEG tiles, which have no transparency, they take the background
+colour; in a MIXED cache such tiles are written as PNG). Tiles left with no visible pixel are not
+written. Polygons crossing the antimeridian of a world cache (Web Mercator, WGS 84) work, also
+when given with longitudes beyond 180.</p>
+<p><b>Keep boundary tiles whole</b> (DISABLE_CLIPPING): export every tile the area of interest
+touches as it is, without clipping.</p>
 <p><b>Export extent</b> (EXPORT_EXTENT): a rectangle in any CRS (without a CRS, the cache's own
 CRS is assumed); tiles that overlap it are exported.</p>
-<p><b>Overwrite</b> (OVERWRITE): when the target already holds a cache with the same tiling
-scheme, tiles outside the export are always kept and exported tiles replace existing ones. With
-OVERWRITE, existing tiles inside the export area that the input does not have are removed too, so
-the area shows exactly the input; without it they are kept.</p>
+<p><b>Overwrite</b> (OVERWRITE): when the target already holds a cache of the same name with the
+same tiling scheme (CRS, origin, tile size, levels' resolutions, storage format), the export is
+merged into it; tiles and pixels outside the export area are always kept. Without OVERWRITE
+(merge) exported tiles are drawn over the existing ones: their transparent pixels, including
+those clipped away by the area of interest, let the existing tile show through. With OVERWRITE
+every pixel inside the area of interest (or every tile of the extent) is replaced by the
+input's, transparent ones included, and existing tiles there that the input does not have are
+removed. Tiles are written in the existing cache's tile format; changed bundles are rewritten
+compactly.</p>
 <p><b>Authentication</b> (AUTHCFG): a QGIS authentication configuration (Basic, EsriToken…)
 used for every request to the service.</p>
 <p><b>ArcGIS token</b> (TOKEN): sent as the X-Esri-Authorization header, never in a URL, log or
@@ -95,6 +109,16 @@ nothing is written.</p>
 (default 100,000 as the REST API's maxExportTilesCount; 0 = no limit).</p>
 <p><b>Estimate only</b> (ESTIMATE_ONLY): report per-level tile counts and the estimated size
 (from the service's tilemap where it has one, else from sampled tiles) and write nothing.</p>
+<p><b>Tile format</b> (TILE_FORMAT): keep (the input's format, or the existing target's), PNG,
+PNG8, JPEG, MIXED (JPEG where a tile is opaque, PNG where it has transparency), PNG24 or PNG32.
+Tiles already in the chosen format are copied unchanged; the others are converted.</p>
+<p><b>Compression quality</b> (COMPRESSION_QUALITY): 1-100, the JPEG quality of tiles the export
+encodes (converted, clipped or merged tiles); empty = the cache's own quality, else 75.</p>
+<p><b>Optimize tiles for size</b> (OPTIMIZE_TILES_FOR_SIZE): recompress the JPEG tiles at
+COMPRESSION_QUALITY (as exportTiles does); a tile whose recompressed version is not smaller keeps
+its bytes.</p>
+<p><b>Background colour</b> (BACKGROUND_COLOR): the colour of clipped or transparent pixels in
+JPEG tiles (default white).</p>
 <p>Outputs: OUTPUT_CACHE_PATH (the Layers folder or the package file), TILE_COUNT (tiles
 exported or estimated) and BYTE_COUNT (bytes of tile data).</p>"""
 

@@ -426,11 +426,29 @@ def merge_sources(tmp_path_factory):
     return old_folder, old_tiles, new_folder, new_tiles
 
 
+def rgba(data: bytes):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGBA")).astype(np.float64)
+
+
+def over(top, bottom):
+    """Porter-Duff over, straight alpha, written here independently of the engine."""
+    import numpy as np
+
+    ta, ba = top[..., 3:] / 255, bottom[..., 3:] / 255
+    alpha = ta + ba * (1 - ta)
+    rgb = (top[..., :3] * ta + bottom[..., :3] * ba * (1 - ta)) / np.where(alpha > 0, alpha, 1)
+    return np.concatenate([rgb, alpha * 255], axis=-1)
+
+
 @pytest.mark.parametrize("overwrite", [False, True])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_merge_into_existing_cache(kind, overwrite, merge_sources, tmp_path):
-    """Outside the export: kept; exported: replaced; inside but absent from the input: kept
-    unless OVERWRITE."""
+    """Outside the export: kept; inside but absent from the input: kept unless OVERWRITE.
+    Exported tiles replace existing ones with OVERWRITE; without it (MERGE) they are drawn over
+    them, so the old tile shows through the new tiles' transparent corner."""
     old_folder, old_tiles, new_folder, new_tiles = merge_sources
     cache_type, storage = KINDS[kind]
     common = {"TARGET_CACHE_PATH": str(tmp_path), "EXPORT_CACHE_TYPE": cache_type,
@@ -447,7 +465,15 @@ def test_merge_into_existing_cache(kind, overwrite, merge_sources, tmp_path):
     if overwrite:
         for key in MERGE_SKIPPED:
             del expected[key]
-    assert read_all_tiles(result["OUTPUT_CACHE_PATH"]) == expected
+    tiles = read_all_tiles(result["OUTPUT_CACHE_PATH"])
+    assert tiles.keys() == expected.keys()
+    for key, data in tiles.items():
+        if overwrite or key not in exported:
+            assert data == expected[key], key
+        else:
+            composite = over(rgba(new_tiles[key]), rgba(old_tiles[key]))
+            assert abs(rgba(data) - composite).max() <= 1, key
+            assert (rgba(data)[..., 3] == 255).all()  # the old tile filled the corner
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
     assert not list(tmp_path.rglob("*.tmp"))

@@ -1,0 +1,124 @@
+"""Units of the pixel path: the scanline mask against shapely's point-in-polygon, the world wrap
+of areas of interest, and the codec's format sniffing and encodings."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from shapely import affinity
+from shapely.geometry import MultiPolygon, Point, Polygon, box
+from shapely.vectorized import contains
+
+from export_map_server_cache.core.aoi_geometry import (
+    lonlat_in_world,
+    unwrap_longitudes,
+    wrap_into_world,
+)
+from export_map_server_cache.core.clip_mask import PolygonRaster
+from export_map_server_cache.core.geometry import Extent
+from export_map_server_cache.core.tile_image import (
+    TileEncoding,
+    may_be_transparent,
+    png_color_type,
+)
+
+STAR = Polygon([(50 + 45 * np.cos(a) * (0.45 if i % 2 else 1),
+                 50 + 45 * np.sin(a) * (0.45 if i % 2 else 1))
+                for i, a in enumerate(np.linspace(0, 2 * np.pi, 15, endpoint=False))])
+DONUT = Point(50, 50).buffer(40).difference(Point(55, 45).buffer(15))
+# no vertex or edge on a pixel centre: a centre exactly on an edge may go either way
+ISLANDS = MultiPolygon([box(5.3, 5.7, 30.2, 30.9), affinity.rotate(box(50, 50, 90, 80), 20),
+                        Point(20, 80).buffer(12)])
+
+
+@pytest.mark.parametrize("shape", [STAR, DONUT, ISLANDS], ids=["star", "donut", "islands"])
+@pytest.mark.parametrize("extent,size", [
+    (Extent(0, 0, 100, 100), 256),
+    (Extent(30, 20, 70, 60), 64),  # a tile inside the shape's bounds: edges left of it count
+    (Extent(-50, -50, 150, 150), 100),
+])
+def test_mask_matches_point_in_polygon_at_pixel_centres(shape, extent, size):
+    res = (extent.xmax - extent.xmin) / size
+    xs = extent.xmin + (np.arange(size) + 0.5) * res
+    ys = extent.ymax - (np.arange(size) + 0.5) * res
+    gx, gy = np.meshgrid(xs, ys)
+    expected = contains(shape, gx, gy)
+    got = PolygonRaster.from_geometry(shape).mask(extent, size, size)
+    assert got.shape == (size, size)
+    assert (got != expected).sum() == 0
+
+
+def test_mask_of_a_band_equals_the_whole_polygon_mask():
+    raster = PolygonRaster.from_geometry(DONUT)
+    extent = Extent(20, 40, 60, 80)
+    whole = raster.mask(extent, 50, 50)
+    assert (raster.band(40, 80).mask(extent, 50, 50) == whole).all()
+    assert whole.any() and not whole.all()
+
+
+def test_wrap_into_world_moves_parts_beyond_the_antimeridian():
+    west, width = -180.0, 360.0
+    crossing = box(170, 10, 190, 20)
+    wrapped = wrap_into_world(crossing, west, width)
+    assert wrapped.geom_type == "MultiPolygon"
+    assert wrapped.symmetric_difference(
+        MultiPolygon([box(170, 10, 180, 20), box(-180, 10, -170, 20)])).area < 1e-9
+    inside = box(0, 0, 10, 10)
+    assert wrap_into_world(inside, west, width) is inside
+
+
+def test_unwrap_makes_a_ring_wrapped_by_a_transformation_continuous():
+    wrapped = Polygon([(170, 10), (-170, 10), (-170, 20), (170, 20)])  # meant: 170..190
+    unwrapped = unwrap_longitudes(wrapped)
+    assert unwrapped.bounds == (170, 10, 190, 20)
+    from shapely import wkb
+
+    back = wkb.loads(lonlat_in_world(wrapped.wkb, True, True))
+    assert back.area == pytest.approx(200)
+    assert back.bounds == (-180, 10, 180, 20)
+
+
+def _png_bytes(mode: str, colours: int = 3) -> bytes:
+    image = Image.new("RGBA", (32, 32), (10, 20, 30, 255))
+    image.putpixel((0, 0), (200, 0, 0, 0))
+    out = io.BytesIO()
+    image.convert(mode).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_png_sniffing_tells_which_tiles_can_hold_transparency():
+    assert png_color_type(_png_bytes("RGBA")) == 6 and may_be_transparent(_png_bytes("RGBA"))
+    assert png_color_type(_png_bytes("RGB")) == 2 and not may_be_transparent(_png_bytes("RGB"))
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "JPEG")
+    assert not may_be_transparent(out.getvalue())
+
+
+@pytest.mark.parametrize("fmt,opaque,colour_type", [
+    ("PNG8", False, 3), ("PNG8", True, 3), ("PNG24", True, 2), ("PNG24", False, 2),
+    ("PNG32", True, 6), ("PNG", True, 2), ("PNG", False, 6), ("MIXED", False, 6),
+])
+def test_encodings_write_the_promised_png_kind_losslessly(fmt, opaque, colour_type):
+    pixels = np.zeros((64, 64, 4), np.uint8)
+    pixels[..., 0] = np.arange(64)[:, None] * 3
+    pixels[..., 1] = 90
+    pixels[..., 3] = 255
+    if not opaque:
+        pixels[:10, :10] = 0
+    data = TileEncoding(fmt).encode(pixels)
+    assert png_color_type(data) == colour_type
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
+    assert (decoded == pixels).all()
+    assert TileEncoding(fmt).fits(data) or fmt == "MIXED" and not opaque
+
+
+def test_jpeg_encoding_flattens_transparency_over_the_background():
+    pixels = np.zeros((32, 32, 4), np.uint8)
+    pixels[:, 16:] = (0, 0, 255, 255)
+    data = TileEncoding("JPEG", 90, (255, 0, 0)).encode(pixels)
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    assert abs(decoded[:, :12] - (255, 0, 0)).max() < 8  # transparent half: the background
+    assert abs(decoded[:, 20:] - (0, 0, 255)).max() < 8
+    assert TileEncoding("MIXED").encode(pixels[:, 16:].copy())[:3] == b"\xff\xd8\xff"
