@@ -19,23 +19,42 @@ def _valid_levels(scheme: TilingScheme) -> str:
     )
 
 
-def parse_levels(text: str, scheme: TilingScheme) -> list[int]:
+def level_ids(text: str, valid: str = "") -> set[int]:
     """Level IDs and ranges as exportTiles' `levels`: "0-5,7" (spaces and ';' also separate)."""
     wanted: set[int] = set()
     for part in re.split(r"[,;\s]+", text.strip()):
         if not part:
             continue
-        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not match:
             raise CacheError(
-                f"LEVELS: {part!r} is not a level or a range like 0-5. "
-                f"Valid levels: {_valid_levels(scheme)}."
+                f"LEVELS: {part!r} is not a level or a range like 0-5.{valid}"
             )
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) is not None else first
         if last < first:
             raise CacheError(f"LEVELS: the range {part!r} runs backwards; write {last}-{first}.")
         wanted.update(range(first, last + 1))
+    return wanted
+
+
+def compact_levels(levels: list[int]) -> str:
+    """Sorted level IDs written back as LEVELS text, runs as ranges: [0,1,2,3,7] -> "0-3,7"."""
+    parts: list[str] = []
+    start = previous = None
+    for level in levels + [None]:
+        if level is not None and previous is not None and level == previous + 1:
+            previous = level
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = level
+    return ",".join(parts)
+
+
+def parse_levels(text: str, scheme: TilingScheme) -> list[int]:
+    """LEVELS text checked against the scheme's levels."""
+    wanted = level_ids(text, f" Valid levels: {_valid_levels(scheme)}.")
     unknown = sorted(wanted - set(scheme.levels))
     if unknown:
         raise CacheError(

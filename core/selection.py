@@ -88,7 +88,12 @@ class PolygonSelection(ExtentSelection):
         geometry = aoi_in_cache(polygon_wkb, scheme)
         super().__init__(scheme, Extent(*geometry.bounds))
         self._geometry = prep(geometry)
+        self._share = geometry.area / max(geometry.envelope.area, 1e-300)
         self._raster = PolygonRaster.from_geometry(geometry) if clip else None
+
+    def area_share(self) -> float:
+        """The polygon's share of its bounding box (to scale tile counts of huge windows)."""
+        return self._share
 
     def _box(self, level: int, tiles: TileRange, inset: float = 0.1):
         """The tiles' area shrunk by `inset` pixels."""

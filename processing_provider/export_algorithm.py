@@ -41,6 +41,8 @@ from .qgis_values import aoi_wkb, cache_crs, lonlat_extent, to_extent
 from .secret_parameter import SecretStringParameter
 
 ICON = Path(__file__).resolve().parent.parent / "icon.png"
+HELP_URL = "https://github.com/export-map-server-cache/export_map_server_cache#readme"
+UI = __package__.rsplit(".", 1)[0] + ".ui"  # imported by the dialogs only, never by qgis_process
 DEFAULT_MAX_TILES = 100_000  # the REST API's default maxExportTilesCount
 MAX_REQUESTS_PER_HOST = 8
 CACHE_TYPES = ("CACHE_DATASET", "TILE_PACKAGE")
@@ -156,7 +158,10 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         return "Export map server cache"
 
     def shortHelpString(self) -> str:
-        return HELP
+        return " ".join(HELP.split())  # the dialog turns line breaks into <br>
+
+    def helpUrl(self) -> str:
+        return HELP_URL
 
     def tags(self):
         return ["arcgis", "esri", "tile", "cache", "tpk", "tpkx", "bundle", "compact", "offline",
@@ -169,9 +174,10 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         return ExportMapServerCacheAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:
-        self.addParameter(QgsProcessingParameterString(
+        self.addParameter(_with_wrapper(QgsProcessingParameterString(
             self.INPUT_SERVICE,
-            "Input cache or service (folder, conf.xml, .tpk, .tpkx, MapServer URL or layer)"))
+            "Input cache or service (folder, conf.xml, .tpk, .tpkx, MapServer URL or layer)"),
+            "input_wrapper.InputServiceWrapper"))
         self.addParameter(QgsProcessingParameterFolderDestination(
             self.TARGET_CACHE_PATH, "Target folder"))
         self.addParameter(QgsProcessingParameterEnum(
@@ -185,8 +191,8 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             options=[storage.name for storage in STORAGE_FORMATS], defaultValue=1))
         self.addParameter(QgsProcessingParameterString(
             self.SCALES, "Scales (denominators separated by ';')", optional=True))
-        self.addParameter(QgsProcessingParameterString(
-            self.LEVELS, "Levels (e.g. 0-5,7)", optional=True))
+        self.addParameter(_with_wrapper(QgsProcessingParameterString(
+            self.LEVELS, "Levels (e.g. 0-5,7)", optional=True), "level_wrapper.LevelListWrapper"))
         self.addParameter(QgsProcessingParameterNumber(
             self.NUM_OF_CACHING_SERVICE_INSTANCES, "Number of workers (-1 = automatic)",
             type=QgsProcessingParameterNumber.Integer, defaultValue=-1, minValue=-1,
@@ -277,16 +283,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         if workers <= 0:
             workers = MAX_REQUESTS_PER_HOST if remote else auto_workers()
 
-        transport = None
-        if remote:
-            transport = QgisTransport(workers, resolved.authcfg or self.parameterAsString(
-                parameters, self.AUTHCFG, context) or "")
-            rate = self.parameterAsDouble(parameters, self.MAX_REQUESTS_PER_SECOND, context)
-            source = open_service(
-                resolved.location, transport, self._token(parameters, context),
-                FetchPolicy(requests_per_second=rate))
-        else:
-            source = open_cache(resolved.location)
+        source, transport = self.open_input(resolved, parameters, context, workers)
         try:
             return self._run(source, parameters, context, feedback, target, package, storage,
                              workers)
@@ -294,6 +291,22 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             source.close()
             if transport is not None:
                 transport.close()
+
+    def open_input(self, resolved, parameters, context, workers: int
+                   ) -> tuple[CacheSource, Optional[QgisTransport]]:
+        """The input as a cache source, and the transport that reads it when it is a service
+        (the caller closes both)."""
+        if not is_service_url(resolved.location):
+            return open_cache(resolved.location), None
+        transport = QgisTransport(workers, resolved.authcfg or self.parameterAsString(
+            parameters, self.AUTHCFG, context) or "")
+        rate = self.parameterAsDouble(parameters, self.MAX_REQUESTS_PER_SECOND, context)
+        try:
+            return open_service(resolved.location, transport, self._token(parameters, context),
+                                FetchPolicy(requests_per_second=rate)), transport
+        except BaseException:
+            transport.close()
+            raise
 
     def _run(self, source: CacheSource, parameters, context, feedback, target, package, storage,
              workers):
@@ -303,7 +316,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self.parameterAsString(parameters, self.SCALES, context) or "",
             scheme,
         )
-        selection = self._selection(parameters, context, feedback, scheme)
+        selection = self.selection(parameters, context, feedback, scheme)
         kind = "service" if source.service else scheme.storage_format.label
         feedback.pushInfo(
             f"Input: {source.location} ({kind}, {scheme.tile_format}, "
@@ -435,7 +448,8 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
                 "area of interest, or raise MAX_TILE_COUNT (0 = no limit) if you may download "
                 "that many tiles from this service.")
 
-    def _selection(self, parameters, context, feedback, scheme) -> Selection:
+    def selection(self, parameters, context, feedback, scheme) -> Selection:
+        """EXPORT_EXTENT or AREA_OF_INTEREST in the cache's CRS (also for the level list)."""
         has_aoi = parameters.get(self.AREA_OF_INTEREST) not in (None, "")
         has_extent = parameters.get(self.EXPORT_EXTENT) not in (None, "")
         if not has_aoi and not has_extent:
@@ -468,3 +482,9 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             return lonlat_extent(extent, cache_crs(scheme.spatial_reference))
         except QgsProcessingException:
             return None
+
+
+def _with_wrapper(parameter, wrapper: str):
+    """The parameter with its dialog widget (a class in ui/, named by its dotted path)."""
+    parameter.setMetadata({"widget_wrapper": {"class": f"{UI}.{wrapper}"}})
+    return parameter

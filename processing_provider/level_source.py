@@ -1,0 +1,59 @@
+"""The input as the dialog's level list sees it: opened once per input, recounted per area.
+
+Runs on the main thread (project layers, QGIS networking); a service is asked for its JSON
+only, never for tiles.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from qgis.core import QgsProcessingContext, QgsProject
+
+from ..core.cache_source import CacheSource
+from ..core.level_table import LevelRow, level_rows
+from .input_layers import resolve_input
+from .qgis_network import QgisTransport
+
+LIST_WORKERS = 2
+
+
+@dataclass
+class LevelSource:
+    source: CacheSource
+    transport: Optional[QgisTransport]
+
+    @classmethod
+    def open(cls, algorithm, parameters: dict) -> LevelSource:
+        context = _context()
+        resolved = resolve_input(str(parameters.get("INPUT_SERVICE") or "").strip(), context)
+        return cls(*algorithm.open_input(resolved, parameters, context, LIST_WORKERS))
+
+    @property
+    def present_levels(self) -> set[int]:
+        if self.source.service is not None:
+            info = self.source.service
+            return set(range(info.min_level, info.max_level + 1))
+        return set(self.source.layout.levels())
+
+    def describe(self) -> str:
+        scheme = self.source.scheme
+        kind = "Service" if self.source.service else scheme.storage_format.label
+        return (f"{kind}, {scheme.tile_format}, {scheme.tile_cols}x{scheme.tile_rows} px, "
+                f"{scheme.spatial_reference.describe()}.")
+
+    def rows(self, algorithm, parameters: dict, feedback) -> list[LevelRow]:
+        scheme = self.source.scheme
+        selection = algorithm.selection(parameters, _context(), feedback, scheme)
+        return level_rows(scheme, self.source.data_extent, selection)
+
+    def close(self) -> None:
+        self.source.close()
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _context() -> QgsProcessingContext:
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    return context

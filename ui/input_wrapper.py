@@ -1,0 +1,149 @@
+"""INPUT_SERVICE in the dialogs: the project's tiled layers, a browser for cache folders and
+packages, and a field for a URL or path, all in one editable combo box.
+
+In the modeler the combo offers the model's string inputs instead; in the batch dialog it is a
+line edit. The value is always what the algorithm takes: a path, a URL or a layer id.
+"""
+from __future__ import annotations
+
+from processing.gui.wrappers import DIALOG_BATCH, DIALOG_MODELER, WidgetWrapper
+from qgis.core import (
+    QgsDataSourceUri,
+    QgsProcessingModelChildParameterSource,
+    QgsProcessingOutputString,
+    QgsProcessingParameterString,
+    QgsProject,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLineEdit,
+    QMenu,
+    QToolButton,
+    QWidget,
+)
+
+PACKAGE_FILTER = "Tile packages and cache definitions (*.tpk *.tpkx conf.xml Conf.xml)"
+
+
+def tiled_layers(project: QgsProject) -> list[QgsRasterLayer]:
+    """Layers of the project the export can read: ArcGIS MapServer layers, XYZ layers of an
+    ArcGIS tile URL, and Esri caches opened through GDAL."""
+    found = []
+    for layer in project.mapLayers().values():
+        if not isinstance(layer, QgsRasterLayer):
+            continue
+        provider, source = layer.providerType(), layer.source()
+        if provider == "arcgismapserver":
+            found.append(layer)
+        elif provider == "wms":
+            parts = QgsProviderRegistry.instance().decodeUri("wms", source)
+            url = parts.get("url", "") or QgsDataSourceUri(source).param("url")
+            if parts.get("type") == "xyz" and "/tile/" in url and (
+                    "/MapServer" in url or "/ImageServer" in url):
+                found.append(layer)
+        elif provider == "gdal" and source.lower().split("|")[0].endswith(
+                ("conf.xml", ".tpkx")):
+            found.append(layer)
+    return sorted(found, key=lambda layer: layer.name().lower())
+
+
+class InputCombo(QWidget):
+    """Editable combo of the project's tiled layers plus a browse button."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.combo = QComboBox()
+        self.combo.setEditable(True)
+        self.combo.setObjectName("inputServiceCombo")
+        self.combo.lineEdit().setPlaceholderText(
+            "A tiled layer, a MapServer/ImageServer URL, a cache folder or a .tpk/.tpkx")
+        self.combo.setMinimumContentsLength(40)
+        layout.addWidget(self.combo, 1)
+        browse = QToolButton()
+        browse.setText("…")
+        browse.setToolTip("Browse for a cache folder or a tile package")
+        browse.setPopupMode(QToolButton.InstantPopup)
+        menu = QMenu(browse)
+        menu.addAction("Cache folder…", self._pick_folder)
+        menu.addAction("Tile package or conf.xml…", self._pick_file)
+        browse.setMenu(menu)
+        layout.addWidget(browse)
+        self.fill(QgsProject.instance())
+
+    def fill(self, project: QgsProject) -> None:
+        text = self.combo.currentText()
+        self.combo.clear()
+        for layer in tiled_layers(project):
+            self.combo.addItem(layer.icon(), f"{layer.name()} (project layer)", layer.id())
+        self.combo.setCurrentIndex(-1)
+        self.combo.setEditText(text)
+
+    def value(self) -> str:
+        index = self.combo.findText(self.combo.currentText())
+        if index >= 0 and self.combo.itemData(index):
+            return self.combo.itemData(index)
+        return self.combo.currentText().strip()
+
+    def set_value(self, value) -> None:
+        text = "" if value is None else str(value)
+        index = self.combo.findData(text)
+        if index >= 0:
+            self.combo.setCurrentIndex(index)
+        else:
+            self.combo.setCurrentIndex(-1)
+            self.combo.setEditText(text)
+
+    def _pick_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Cache dataset folder", self.value())
+        if folder:
+            self.set_value(folder)
+
+    def _pick_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Tile package or conf.xml", self.value(),
+                                              PACKAGE_FILTER)
+        if path:
+            self.set_value(path)
+
+
+class InputServiceWrapper(WidgetWrapper):
+    def createWidget(self):
+        if self.dialogType == DIALOG_MODELER:
+            combo = QComboBox()
+            combo.setEditable(True)
+            for source in self.dialog.getAvailableValuesOfType(
+                    QgsProcessingParameterString, QgsProcessingOutputString):
+                combo.addItem(self.dialog.resolveValueDescription(source), source)
+            combo.setEditText("")
+            combo.currentTextChanged.connect(lambda _: self.widgetValueHasChanged.emit(self))
+            return combo
+        if self.dialogType == DIALOG_BATCH:
+            edit = QLineEdit()
+            edit.textChanged.connect(lambda _: self.widgetValueHasChanged.emit(self))
+            return edit
+        widget = InputCombo()
+        widget.combo.currentTextChanged.connect(lambda _: self.widgetValueHasChanged.emit(self))
+        return widget
+
+    def setValue(self, value):
+        if self.dialogType == DIALOG_MODELER:
+            self.setComboValue(value)
+        elif self.dialogType == DIALOG_BATCH:
+            self.widget.setText("" if value is None else str(value))
+        else:
+            self.widget.set_value(value)
+
+    def value(self):
+        if self.dialogType == DIALOG_MODELER:
+            value = self.comboValue()
+            if isinstance(value, QgsProcessingModelChildParameterSource):
+                return value
+            return value or None
+        if self.dialogType == DIALOG_BATCH:
+            return self.widget.text().strip()
+        return self.widget.value()

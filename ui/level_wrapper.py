@@ -1,0 +1,227 @@
+"""LEVELS in the dialogs: the chosen input's levels as a checklist (level, scale 1:n,
+resolution, tiles in the export area), with select-all/none and a range helper.
+
+The list is read from the input when INPUT_SERVICE changes, and its tile counts follow
+EXPORT_EXTENT and AREA_OF_INTEREST. The value stays the plain LEVELS string ("0-5,7") the
+algorithm and qgis_process take; the modeler offers model string inputs, the batch dialog a
+line edit.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from processing.gui.wrappers import DIALOG_BATCH, DIALOG_MODELER, WidgetWrapper
+from qgis.core import (
+    QgsProcessingFeedback,
+    QgsProcessingModelChildParameterSource,
+    QgsProcessingOutputString,
+    QgsProcessingParameterString,
+)
+from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.errors import CacheError
+from ..core.level_selection import compact_levels, level_ids
+from ..core.level_table import LevelRow
+
+WATCHED = ("INPUT_SERVICE", "EXPORT_EXTENT", "AREA_OF_INTEREST", "AUTHCFG", "TOKEN")
+COLUMNS = ("Level", "Scale", "Resolution", "Tiles")
+RELOAD_DELAY_MS = 400
+
+
+class LevelChecklist(QWidget):
+    """A checkable table of levels; `value()` is the checked levels as "0-5,7"."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.tree = QTreeWidget()
+        self.tree.setObjectName("levelList")
+        self.tree.setHeaderLabels(COLUMNS)
+        self.tree.setRootIsDecorated(False)
+        self.tree.setAlternatingRowColors(True)
+        self.tree.setMinimumHeight(220)
+        self.tree.header().setStretchLastSection(False)
+        layout.addWidget(self.tree)
+        buttons = QHBoxLayout()
+        self.all_button = QPushButton("Select all")
+        self.none_button = QPushButton("Clear")
+        self.all_button.clicked.connect(lambda: self.check(lambda level: True))
+        self.none_button.clicked.connect(lambda: self.check(lambda level: False))
+        buttons.addWidget(self.all_button)
+        buttons.addWidget(self.none_button)
+        buttons.addStretch(1)
+        buttons.addWidget(QLabel("Levels"))
+        self.first = QSpinBox()
+        self.last = QSpinBox()
+        buttons.addWidget(self.first)
+        buttons.addWidget(QLabel("to"))
+        buttons.addWidget(self.last)
+        self.range_button = QPushButton("Select range")
+        self.range_button.clicked.connect(lambda: self.check(
+            lambda level: self.first.value() <= level <= self.last.value()))
+        buttons.addWidget(self.range_button)
+        layout.addLayout(buttons)
+        self.status = QLabel("Choose an input to list its levels. None checked = all levels.")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.changed: Callable[[], None] = lambda: None
+        self.tree.itemChanged.connect(lambda *_: self.changed())
+        self._pending: Optional[set[int]] = None  # a value set before the rows arrived
+
+    def set_rows(self, rows: list[LevelRow], present: set[int]) -> None:
+        """Show `rows`, keeping the checked levels; levels without tiles in the input are
+        greyed out."""
+        checked = self._pending if self._pending is not None else self.checked()
+        self._pending = None
+        self.tree.blockSignals(True)
+        self.tree.clear()
+        for row in rows:
+            item = QTreeWidgetItem([str(row.level), f"1:{row.scale:,.0f}",
+                                    f"{row.resolution:.6g}", row.tiles_text()])
+            item.setData(0, Qt.UserRole, row.level)
+            item.setCheckState(0, Qt.Checked if row.level in checked else Qt.Unchecked)
+            for column in (1, 2, 3):
+                item.setTextAlignment(column, Qt.AlignRight | Qt.AlignVCenter)
+            if row.level not in present:
+                item.setForeground(0, self.palette().color(self.palette().Disabled,
+                                                          self.palette().Text))
+                item.setToolTip(0, "The input has no tiles at this level")
+            self.tree.addTopLevelItem(item)
+        self.tree.blockSignals(False)
+        for column in range(len(COLUMNS)):
+            self.tree.resizeColumnToContents(column)
+        levels = [row.level for row in rows]
+        for spin in (self.first, self.last):
+            spin.setRange(min(levels, default=0), max(levels, default=0))
+        self.last.setValue(max(levels, default=0))
+        self.changed()
+
+    def levels(self) -> list[int]:
+        return [self.tree.topLevelItem(i).data(0, Qt.UserRole)
+                for i in range(self.tree.topLevelItemCount())]
+
+    def checked(self) -> set[int]:
+        items = (self.tree.topLevelItem(i) for i in range(self.tree.topLevelItemCount()))
+        return {item.data(0, Qt.UserRole) for item in items if item.checkState(0) == Qt.Checked}
+
+    def check(self, wanted: Callable[[int], bool]) -> None:
+        self.tree.blockSignals(True)
+        for i in range(self.tree.topLevelItemCount()):
+            item = self.tree.topLevelItem(i)
+            item.setCheckState(0, Qt.Checked if wanted(item.data(0, Qt.UserRole))
+                               else Qt.Unchecked)
+        self.tree.blockSignals(False)
+        self.changed()
+
+    def value(self) -> str:
+        if self._pending is not None:
+            return compact_levels(sorted(self._pending))
+        return compact_levels(sorted(self.checked()))
+
+    def set_value(self, levels: set[int]) -> None:
+        if self.tree.topLevelItemCount() == 0:
+            self._pending = set(levels)
+        else:
+            self.check(lambda level: level in levels)
+
+
+class LevelListWrapper(WidgetWrapper):
+    def createWidget(self):
+        if self.dialogType == DIALOG_MODELER:
+            combo = QComboBox()
+            combo.setEditable(True)
+            for source in self.dialog.getAvailableValuesOfType(
+                    QgsProcessingParameterString, QgsProcessingOutputString):
+                combo.addItem(self.dialog.resolveValueDescription(source), source)
+            combo.setEditText("")
+            return combo
+        if self.dialogType == DIALOG_BATCH:
+            return QLineEdit()
+        widget = LevelChecklist()
+        widget.changed = lambda: self.widgetValueHasChanged.emit(self)
+        self._timer = QTimer(widget)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(RELOAD_DELAY_MS)
+        self._timer.timeout.connect(self.refresh_levels)
+        self._watched: dict = {}
+        self._opened = None  # (input parameters, LevelSource) of the input last read
+        return widget
+
+    def postInitialize(self, wrappers):
+        if self.dialogType in (DIALOG_MODELER, DIALOG_BATCH):
+            return
+        for wrapper in wrappers:
+            name = wrapper.parameterDefinition().name()
+            if name in WATCHED:
+                self._watched[name] = wrapper
+                wrapper.widgetValueHasChanged.connect(lambda *_: self._timer.start())
+        self._timer.start()
+
+    def parameters(self) -> dict:
+        return {name: wrapper.parameterValue() for name, wrapper in self._watched.items()}
+
+    def refresh_levels(self) -> None:
+        """Read the input's levels (again when the input changed) and recount the tiles."""
+        from ..processing_provider.level_source import LevelSource
+
+        parameters = self.parameters()
+        widget = self.widget
+        key = tuple(str(parameters.get(name) or "") for name in ("INPUT_SERVICE", "AUTHCFG",
+                                                                     "TOKEN"))
+        if not key[0]:
+            widget.set_rows([], set())
+            widget.status.setText("Choose an input to list its levels.")
+            return
+        algorithm = self.dialog.algorithm() if hasattr(self.dialog, "algorithm") else None
+        try:
+            if self._opened is None or self._opened[0] != key:
+                if self._opened is not None:
+                    self._opened[1].close()
+                    self._opened = None
+                widget.status.setText("Reading the input's levels…")
+                self._opened = (key, LevelSource.open(algorithm, parameters))
+            source = self._opened[1]
+            rows = source.rows(algorithm, parameters, QgsProcessingFeedback())
+        except Exception as exc:  # shown to the user; the run reports it again in full
+            widget.set_rows([], set())
+            widget.status.setText(f"Cannot list the levels: {exc}")
+            return
+        widget.set_rows(rows, source.present_levels)
+        widget.status.setText(source.describe() + " Tiles: in the export extent or area of "
+                              "interest (the data extent without one). None checked = all "
+                              "levels.")
+
+    def setValue(self, value):
+        if self.dialogType == DIALOG_MODELER:
+            self.setComboValue(value)
+        elif self.dialogType == DIALOG_BATCH:
+            self.widget.setText("" if value is None else str(value))
+        else:
+            try:
+                self.widget.set_value(level_ids(str(value or "")))
+            except CacheError:
+                self.widget.set_value(set())
+
+    def value(self):
+        if self.dialogType == DIALOG_MODELER:
+            value = self.comboValue()
+            if isinstance(value, QgsProcessingModelChildParameterSource):
+                return value
+            return value or None
+        if self.dialogType == DIALOG_BATCH:
+            return self.widget.text().strip()
+        return self.widget.value()
+
