@@ -21,6 +21,7 @@ from .cache_storage import ExplodedBlockWriter
 from .cache_target import DatasetTarget, Finish, PackageTarget, Target
 from .errors import CacheError, ExportCanceled
 from .geometry import Extent
+from .progress import ExportProgress
 from .selection import Coverage, Selection
 from .spatial_reference import geographic_extent
 from .thumbnail import draw_thumbnail
@@ -115,9 +116,15 @@ class Exporter:
         options: ExportOptions,
         progress: Optional[Callable[[float], None]] = None,
         is_canceled: Optional[Callable[[], bool]] = None,
+        report: Optional[Callable[[str], None]] = None,
+        expected: Optional[dict[int, int]] = None,
     ):
+        """`progress` gets the fraction done, `report` a line per level every few seconds;
+        `expected` = tiles per level when estimated beforehand (downloads)."""
         self.source, self.levels, self.selection, self.options = source, levels, selection, options
         self._progress = progress or (lambda fraction: None)
+        self._report = report or (lambda line: None)
+        self._expected = expected
         self._is_canceled = is_canceled or (lambda: False)
         self._stop = threading.Event()
 
@@ -234,6 +241,9 @@ class Exporter:
         results: list[_TaskResult] = []
         pending: set[Future] = set()
         queue = iter(tasks)
+        tracker = ExportProgress(tasks, self._expected)
+        received_before = self.source.layout.tiles_received()
+        tiles_done = 0
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="export") as pool:
             try:
                 while True:
@@ -251,11 +261,20 @@ class Exporter:
                         results.append(result)
                         if result.touched:
                             target.bundle_done(result.level, result.brow, result.bcol)
+                        tiles_done += result.tiles
+                        line = tracker.bundle_done(result.level, result.tiles)
+                        if line:
+                            self._report(line)
                     if self._is_canceled():
                         raise ExportCanceled(
                             "The export was canceled; the target was left unchanged."
                         )
-                    self._progress(len(results) / len(tasks))
+                    received = self.source.layout.tiles_received() - received_before
+                    tracker.set_in_flight(received - tiles_done)
+                    self._progress(tracker.fraction())
+                    line = tracker.report()
+                    if line:
+                        self._report(line)
             except BaseException:
                 self._stop.set()
                 self.source.layout.cancel()

@@ -152,6 +152,7 @@ class ServiceClient:
         self.throttle = Throttle(policy.requests_per_second, self.stop)
         self.tally = FailureTally()
         self.requests = 0
+        self.tiles = 0  # tiles received (for progress)
         self._count_lock = threading.Lock()
 
     def cancel(self) -> None:
@@ -182,7 +183,11 @@ class ServiceClient:
         """The tile's bytes, None when the service has no such tile (404 or blank tile).
         Runs on a network thread (see `Transport.submit`)."""
         url = self.service.url(f"/tile/{level}/{row}/{col}", {"blankTile": "false"})
-        return self._with_retries(url, f"tile {level}/{row}/{col}", _check_tile)
+        data = self._with_retries(url, f"tile {level}/{row}/{col}", _check_tile)
+        if data is not None:
+            with self._count_lock:
+                self.tiles += 1
+        return data
 
     def tilemap(self, level: int, row: int, col: int, height: int, width: int
                 ) -> Optional[dict]:

@@ -125,6 +125,9 @@ class ServiceLayout(Layout):
         """The service has a tilemap and it has answered sensibly so far."""
         return self._tilemap
 
+    def tiles_received(self) -> int:
+        return self.client.tiles
+
     def levels(self) -> dict[int, str]:
         return {level: level_folder(level) for level in self.scheme.levels
                 if self.info.min_level <= level <= self.info.max_level}

@@ -327,12 +327,14 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self._check_tile_limit(source, levels, selection, parameters, context)
         feedback.pushInfo(f"Levels: {','.join(map(str, levels))}")
         estimate_only = self.parameterAsBool(parameters, self.ESTIMATE_ONLY, context)
+        expected = None
         # a download starts with its estimate (the tilemaps it reads serve the export too); a
         # local copy reads its bundle indexes once, while copying, and reports at the end
         if source.service is not None or estimate_only:
             estimates = estimate(source, levels, selection, feedback.isCanceled)
             for level in estimates:
                 feedback.pushInfo(level.describe())
+            expected = {e.level: e.tiles for e in estimates}
             planned = sum(e.tiles for e in estimates)
             planned_bytes = sum(e.bytes for e in estimates)
             feedback.pushInfo(f"Total: {planned} tiles, about {format_size(planned_bytes)}")
@@ -359,6 +361,8 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             source, levels, selection, options,
             progress=lambda fraction: feedback.setProgress(100.0 * fraction),
             is_canceled=feedback.isCanceled,
+            report=feedback.pushInfo,
+            expected=expected,
         ).run()
         for level in result.levels:
             feedback.pushInfo(

@@ -122,3 +122,24 @@ def test_jpeg_encoding_flattens_transparency_over_the_background():
     assert abs(decoded[:, :12] - (255, 0, 0)).max() < 8  # transparent half: the background
     assert abs(decoded[:, 20:] - (0, 0, 255)).max() < 8
     assert TileEncoding("MIXED").encode(pixels[:, 16:].copy())[:3] == b"\xff\xd8\xff"
+
+
+def test_progress_reports_levels_with_totals_rates_and_time_left():
+    from export_map_server_cache.core.progress import ExportProgress
+
+    now = [0.0]
+    bundles = [(3, 0, 0), (4, 0, 0), (4, 0, 128), (4, 128, 0), (4, 128, 128)]
+    tracker = ExportProgress(bundles, expected=None, clock=lambda: now[0])
+    assert tracker.fraction() == 0.0
+    now[0] = 1.0
+    assert tracker.bundle_done(3, 100) == "Level 3 done: 100 tiles in 1.0 s (100 tiles/s)"
+    now[0] = 3.0
+    assert tracker.bundle_done(4, 300) is None
+    line = tracker.report()
+    # 400 tiles in 3 s; level 4: 300 of about 1,200 (4 bundles), 900 left at 133 tiles/s
+    assert line == ("Level 4: 300 of about 1,200 tiles (1/4 bundles), 133 tiles/s, about 7 s "
+                    "left for this level; 31% of the export")
+    assert tracker.report() is None  # not again within REPORT_EVERY
+    downloads = ExportProgress(bundles, expected={3: 100, 4: 1000}, clock=lambda: now[0])
+    downloads.set_in_flight(550)
+    assert downloads.fraction() == 0.5

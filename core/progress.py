@@ -1,0 +1,106 @@
+"""Progress of an export per level: tiles done of the level's total, tiles per second, time left.
+
+Fed by the exporter's own thread as bundles complete (and, for downloads, with the tiles fetched
+for bundles still under way), read for the progress bar and for a log line every few seconds.
+A level's total is the estimate where there is one (downloads), else extrapolated from the
+bundles done so far.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+REPORT_EVERY = 2.0  # seconds between log lines of a level in progress
+
+
+@dataclass
+class _Level:
+    bundles: int
+    expected: Optional[int]
+    bundles_done: int = 0
+    tiles_done: int = 0
+    finished: Optional[float] = None
+
+    def total(self) -> Optional[int]:
+        if self.expected is not None:
+            return max(self.expected, self.tiles_done)
+        if self.bundles_done:
+            return round(self.tiles_done / self.bundles_done * self.bundles)
+        return None
+
+
+class ExportProgress:
+    def __init__(self, bundles: Iterable[tuple[int, int, int]],
+                 expected: Optional[dict[int, int]] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        counts: dict[int, int] = {}
+        for level, _, _ in bundles:
+            counts[level] = counts.get(level, 0) + 1
+        expected = expected or {}
+        self._levels = {level: _Level(n, expected.get(level)) for level, n in counts.items()}
+        self._clock = clock
+        self._started = self._last_finish = clock()
+        self._last_report = self._started
+        self._in_flight = 0  # tiles fetched for bundles not done yet (downloads)
+
+    def bundle_done(self, level: int, tiles: int) -> Optional[str]:
+        """Count a finished bundle; returns the level's closing line when it is complete."""
+        state = self._levels[level]
+        state.bundles_done += 1
+        state.tiles_done += tiles
+        if state.bundles_done < state.bundles:
+            return None
+        now = self._clock()
+        state.finished = now
+        seconds = max(now - self._last_finish, 1e-6)  # levels run one after the other
+        self._last_finish = now
+        return (f"Level {level} done: {state.tiles_done:,} tiles in {seconds:.1f} s "
+                f"({state.tiles_done / seconds:,.0f} tiles/s)")
+
+    def set_in_flight(self, tiles: int) -> None:
+        self._in_flight = max(0, tiles)
+
+    def fraction(self) -> float:
+        done = total = 0.0
+        for state in self._levels.values():
+            level_total = state.total()
+            if level_total:
+                done += min(state.tiles_done, level_total)
+                total += level_total
+            else:  # nothing known yet: a bundle counts as one share of the level
+                total += 1
+        if total == 0:
+            return 0.0
+        return min(1.0, (done + self._in_flight) / total) if done or self._in_flight else 0.0
+
+    def report(self) -> Optional[str]:
+        """A line for the level under way, at most every REPORT_EVERY seconds."""
+        now = self._clock()
+        if now - self._last_report < REPORT_EVERY:
+            return None
+        self._last_report = now
+        current = next((item for item in self._levels.items() if item[1].finished is None),
+                       None)
+        if current is None:
+            return None
+        level, state = current
+        tiles = state.tiles_done + self._in_flight
+        done = sum(s.tiles_done for s in self._levels.values()) + self._in_flight
+        rate = done / max(now - self._started, 1e-6)
+        total = state.total()
+        of = f" of {'' if state.expected is not None else 'about '}{total:,}" if total else ""
+        left = ""
+        if total and rate > 0:
+            left = f", about {_duration(max(total - tiles, 0) / rate)} left for this level"
+        return (f"Level {level}: {tiles:,}{of} tiles ({state.bundles_done}/{state.bundles} "
+                f"bundles), {rate:,.0f} tiles/s{left}; {self.fraction():.0%} of the export")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
