@@ -22,6 +22,7 @@ class _Level:
     bundles_done: int = 0
     tiles_done: int = 0
     finished: Optional[float] = None
+    reported: bool = False
 
     def total(self) -> Optional[int]:
         if self.expected is not None:
@@ -36,7 +37,7 @@ class ExportProgress:
                  expected: Optional[dict[int, int]] = None,
                  clock: Callable[[], float] = time.monotonic):
         counts: dict[int, int] = {}
-        for level, _, _ in bundles:
+        for level, _, _ in sorted(bundles):
             counts[level] = counts.get(level, 0) + 1
         expected = expected or {}
         self._levels = {level: _Level(n, expected.get(level)) for level, n in counts.items()}
@@ -46,18 +47,26 @@ class ExportProgress:
         self._in_flight = 0  # tiles fetched for bundles not done yet (downloads)
 
     def bundle_done(self, level: int, tiles: int) -> Optional[str]:
-        """Count a finished bundle; returns the level's closing line when it is complete."""
+        """Count a finished bundle; returns the closing lines of the levels it completes, in
+        level order (bundles of the next level may finish before the last of this one)."""
         state = self._levels[level]
         state.bundles_done += 1
         state.tiles_done += tiles
-        if state.bundles_done < state.bundles:
-            return None
-        now = self._clock()
-        state.finished = now
-        seconds = max(now - self._last_finish, 1e-6)  # levels run one after the other
-        self._last_finish = now
-        return (f"Level {level} done: {state.tiles_done:,} tiles in {seconds:.1f} s "
-                f"({state.tiles_done / seconds:,.0f} tiles/s)")
+        if state.bundles_done == state.bundles:
+            state.finished = self._clock()
+        lines = []
+        for number, state in self._levels.items():
+            if state.reported:
+                continue
+            if state.finished is None:
+                break
+            state.reported = True
+            seconds = max(state.finished - self._last_finish, 0.0)
+            self._last_finish = max(self._last_finish, state.finished)
+            rate = f" ({state.tiles_done / seconds:,.0f} tiles/s)" if seconds >= 0.1 else ""
+            lines.append(f"Level {number} done: {state.tiles_done:,} tiles in {seconds:.1f} s"
+                         f"{rate}")
+        return "\n".join(lines) or None
 
     def set_in_flight(self, tiles: int) -> None:
         self._in_flight = max(0, tiles)

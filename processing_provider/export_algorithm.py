@@ -38,6 +38,7 @@ from ..core.tiling_scheme import StorageFormat
 from .input_layers import resolve_input
 from .qgis_network import QgisTransport
 from .qgis_values import aoi_wkb, cache_crs, lonlat_extent, to_extent
+from .result_layer import add_result_layer, viewable_path
 from .secret_parameter import SecretStringParameter
 
 ICON = Path(__file__).resolve().parent.parent / "icon.png"
@@ -121,6 +122,9 @@ COMPRESSION_QUALITY (as exportTiles does); a tile whose recompressed version is 
 its bytes.</p>
 <p><b>Background colour</b> (BACKGROUND_COLOR): the colour of clipped or transparent pixels in
 JPEG tiles (default white).</p>
+<p><b>Add the result to the map</b> (LOAD_RESULT): when the export is done, add a Compact V2
+cache dataset (and a .tpkx where QGIS's GDAL is 3.8 or newer) to the map through GDAL; other
+outputs get a message saying how to view them.</p>
 <p>Outputs: OUTPUT_CACHE_PATH (the Layers folder or the package file), TILE_COUNT (tiles
 exported or estimated) and BYTE_COUNT (bytes of tile data).</p>"""
 
@@ -147,6 +151,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
     COMPRESSION_QUALITY = "COMPRESSION_QUALITY"
     OPTIMIZE_TILES_FOR_SIZE = "OPTIMIZE_TILES_FOR_SIZE"
     BACKGROUND_COLOR = "BACKGROUND_COLOR"
+    LOAD_RESULT = "LOAD_RESULT"
     OUTPUT_CACHE_PATH = "OUTPUT_CACHE_PATH"
     TILE_COUNT = "TILE_COUNT"
     BYTE_COUNT = "BYTE_COUNT"
@@ -238,6 +243,9 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterColor(
             self.BACKGROUND_COLOR, "Background colour (outside pixels of JPEG tiles)",
             defaultValue=QColor(255, 255, 255), opacityEnabled=False, optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.LOAD_RESULT, "Add the exported cache to the map (Compact V2 datasets; .tpkx "
+            "with GDAL 3.8 or newer)", defaultValue=True, optional=True))
         self.addOutput(QgsProcessingOutputFile(
             self.OUTPUT_CACHE_PATH, "Exported cache (Layers folder or package file)"))
         self.addOutput(QgsProcessingOutputNumber(self.TILE_COUNT, "Tiles exported (estimated)"))
@@ -250,7 +258,14 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self._input = resolve_input(text, context)
         except QgsProcessingException as exc:
             self._input = exc  # raised by processAlgorithm, where every input error is reported
+        self._to_load: Optional[Path] = None
         return True
+
+    def postProcessAlgorithm(self, context, feedback):
+        """The result goes on the map from here, on the main thread (qgis-notes §5)."""
+        if self._to_load is not None:
+            add_result_layer(self._to_load, context, feedback, self.OUTPUT_CACHE_PATH)
+        return {}
 
     def processAlgorithm(self, parameters, context, feedback):
         try:
@@ -375,6 +390,8 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             client = source.layout.client
             feedback.pushInfo(
                 f"Requests: {client.requests}, retried: {client.tally.retries}")
+        if self.parameterAsBool(parameters, self.LOAD_RESULT, context):
+            self._to_load = viewable_path(result.output_path, storage, package, feedback)
         return {
             self.TARGET_CACHE_PATH: target,
             self.OUTPUT_CACHE_PATH: str(result.output_path),

@@ -140,6 +140,14 @@ def test_progress_reports_levels_with_totals_rates_and_time_left():
     assert line == ("Level 4: 300 of about 1,200 tiles (1/4 bundles), 133 tiles/s, about 7 s "
                     "left for this level; 31% of the export")
     assert tracker.report() is None  # not again within REPORT_EVERY
+    now[0] = 4.0
+    for _ in bundles[2:]:
+        tracker.bundle_done(4, 300)
+    assert tracker.fraction() == 1.0
+    lines = ExportProgress([(5, 0, 0), (6, 0, 0)], clock=lambda: now[0])
+    assert lines.bundle_done(6, 10) is None  # level 6 waits for level 5
+    assert lines.bundle_done(5, 10) == ("Level 5 done: 10 tiles in 0.0 s\n"
+                                        "Level 6 done: 10 tiles in 0.0 s")
     downloads = ExportProgress(bundles, expected={3: 100, 4: 1000}, clock=lambda: now[0])
     downloads.set_in_flight(550)
     assert downloads.fraction() == 0.5
