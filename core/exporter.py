@@ -222,8 +222,8 @@ class Exporter:
         tile_format = wanted or base.tile_format
         quality = base.compression_quality
         if tile_format in ("JPEG", "MIXED"):
-            quality = self.options.quality or (
-                quality if tile_format == base.tile_format and quality else DEFAULT_JPEG_QUALITY)
+            had_quality = base.tile_format in ("JPEG", "MIXED") and quality
+            quality = self.options.quality or (quality if had_quality else DEFAULT_JPEG_QUALITY)
         else:
             quality = 0
         return replace(self.source.scheme, tile_format=tile_format, compression_quality=quality)

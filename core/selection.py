@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import threading
 from typing import Callable, Optional
 
 import numpy as np
@@ -87,9 +88,18 @@ class PolygonSelection(ExtentSelection):
     def __init__(self, scheme: TilingScheme, polygon_wkb: bytes, clip: bool = True):
         geometry = aoi_in_cache(polygon_wkb, scheme)
         super().__init__(scheme, Extent(*geometry.bounds))
-        self._geometry = prep(geometry)
+        self._shape = geometry
+        self._prepared = threading.local()
         self._share = geometry.area / max(geometry.envelope.area, 1e-300)
         self._raster = PolygonRaster.from_geometry(geometry) if clip else None
+
+    def _geometry(self):
+        """The polygon prepared for fast predicates, one per thread: shapely 1.8's prepared
+        geometries crash when two threads query the same one."""
+        prepared = getattr(self._prepared, "geometry", None)
+        if prepared is None:
+            prepared = self._prepared.geometry = prep(self._shape)
+        return prepared
 
     def area_share(self) -> float:
         """The polygon's share of its bounding box (to scale tile counts of huge windows)."""
@@ -108,14 +118,14 @@ class PolygonSelection(ExtentSelection):
         if inside is None:
             return Coverage.NONE
         area = self._box(level, inside)
-        if not self._geometry.intersects(area):
+        if not self._geometry().intersects(area):
             return Coverage.NONE
-        if inside == bundle_range(brow, bcol) and self._geometry.contains(area):
+        if inside == bundle_range(brow, bcol) and self._geometry().contains(area):
             return Coverage.ALL
         return Coverage.SOME
 
     def contains(self, level: int, row: int, col: int) -> bool:
-        return super().contains(level, row, col) and self._geometry.intersects(
+        return super().contains(level, row, col) and self._geometry().intersects(
             self._box(level, TileRange(row, row, col, col))
         )
 
@@ -124,7 +134,7 @@ class PolygonSelection(ExtentSelection):
             return None
         full = bundle_range(brow, bcol)
         # every pixel centre of the bundle inside: no tile needs a mask
-        if self._geometry.contains(self._box(level, full, inset=0.5)):
+        if self._geometry().contains(self._box(level, full, inset=0.5)):
             return None
         extent = self._scheme.range_extent(level, full)
         return BundleClipper(self, level, self._raster.band(extent.ymin, extent.ymax))
@@ -133,9 +143,9 @@ class PolygonSelection(ExtentSelection):
         """Where the tile's pixel centres lie: the centres span the tile shrunk by half a
         pixel, so containment of that box decides INSIDE and OUTSIDE exactly."""
         centres = self._box(level, TileRange(row, row, col, col), inset=0.5)
-        if self._geometry.contains(centres):
+        if self._geometry().contains(centres):
             return TileState.INSIDE
-        if not self._geometry.intersects(centres):
+        if not self._geometry().intersects(centres):
             return TileState.OUTSIDE
         return TileState.BOUNDARY
 

@@ -103,8 +103,9 @@ class BundleComposer:
             return Action.REMOVE if existing and self.options.overwrite else keep
         if self.options.converts:
             return Action.COMPUTE
-        if not existing or self.options.overwrite or self.options.source_opaque:
+        if not existing or self.options.source_opaque:
             return Action.COPY_EXPORTED
+        # MERGE draws it over the existing tile; OVERWRITE removes that tile if it is empty
         return Action.COMPUTE
 
     def compute(self, row: int, col: int) -> tuple[Optional[bytes], bool]:
@@ -127,9 +128,11 @@ class BundleComposer:
             pixels[mask] = 0
             return self._encoded(pixels), False
         data = self.source.read(row, col)
-        if mask is None and (not has_existing or overwrite or not may_be_transparent(data)):
+        if mask is None and (not has_existing or not may_be_transparent(data)):
             return self._converted(data), True
         pixels = decode(data)
+        if mask is None and overwrite:  # the existing tile is replaced, even by nothing
+            return (None if is_empty(pixels) else self._converted(data)), True
         if mask is not None:
             pixels[~mask] = 0
         elif is_opaque(pixels):

@@ -11,6 +11,7 @@ from typing import Optional
 from osgeo import gdal
 from qgis.core import QgsProcessingContext, QgsRasterLayer
 
+from ..core.conf_xml import parse_conf_xml
 from ..core.tiling_scheme import StorageFormat
 
 GDAL_TPKX = 3080000  # the first GDAL release whose ESRIC driver opens .tpkx
@@ -20,7 +21,7 @@ def viewable_path(output: Path, storage: StorageFormat, package: bool,
                   feedback) -> Optional[Path]:
     """What QGIS can open of the output, or None (with a message saying what is needed)."""
     if storage is StorageFormat.COMPACT_V2 and not package:
-        return output / "conf.xml"
+        return _readable(output / "conf.xml", feedback)
     if storage is StorageFormat.COMPACT_V2 and int(gdal.VersionInfo()) >= GDAL_TPKX:
         return output
     if package and storage is StorageFormat.COMPACT_V2:
@@ -34,6 +35,26 @@ def viewable_path(output: Path, storage: StorageFormat, package: bool,
             "the map: QGIS (GDAL) reads only Compact V2 caches. Export a COMPACT_V2 "
             "CACHE_DATASET to view the tiles in QGIS.")
     return None
+
+
+def _readable(conf: Path, feedback) -> Optional[Path]:
+    """The dataset, unless this GDAL would misread it: GDAL 3.6's ESRIC driver gives tiles
+    other than 256 px blocks of 256 px and then corrupts memory reading them, which would take
+    QGIS down."""
+    dataset = gdal.Open(str(conf))
+    if dataset is None:
+        feedback.pushWarning(f"GDAL {gdal.__version__} cannot open {conf}; it is not added to "
+                             "the map.")
+        return None
+    block = dataset.GetRasterBand(1).GetBlockSize()[0]
+    tile = parse_conf_xml(conf.read_bytes(), str(conf)).tile_cols
+    dataset = None
+    if block != tile:
+        feedback.pushWarning(
+            f"The cache has {tile} px tiles, which GDAL {gdal.__version__} misreads (it would "
+            "crash QGIS), so it is not added to the map. Newer GDAL releases read it.")
+        return None
+    return conf
 
 
 def add_result_layer(path: Path, context: QgsProcessingContext, feedback,

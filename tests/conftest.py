@@ -147,3 +147,33 @@ def fixtures_dir() -> Path:
         )
     return path
 
+
+@pytest.fixture
+def serve():
+    """serve({name: cache path}, **options) -> a started loopback ArcGIS REST server
+    (scripts/arcgis_rest_server.py), stopped after the test."""
+    from http_helpers import rest_server_module
+
+    srv = rest_server_module()
+    started = []
+
+    def start(services: dict, **options):
+        server = srv.ArcGISRestServer(
+            {name: str(path) for name, path in services.items()}, srv.ServerOptions(**options))
+        started.append(server.start())
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def dialog_iface(qgis_iface):
+    """pytest-qgis's iface with the browser model Processing's dialogs ask it for."""
+    from qgis.gui import QgsBrowserGuiModel
+
+    if not hasattr(qgis_iface, "browserModel"):
+        model = QgsBrowserGuiModel()
+        qgis_iface.browserModel = lambda: model
+    return qgis_iface

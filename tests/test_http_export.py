@@ -133,22 +133,6 @@ def tile_requests(server) -> list[tuple[int, int, int]]:
 
 
 @pytest.fixture
-def serve():
-    """serve({name: cache path}, **options) -> a started server, stopped after the test."""
-    started = []
-
-    def start(services: dict, **options):
-        server = srv.ArcGISRestServer(
-            {name: str(path) for name, path in services.items()}, srv.ServerOptions(**options))
-        started.append(server.start())
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
 def sparse_cache(tmp_path) -> tuple[Path, dict]:
     """A Compact V2 dataset with holes: levels 0-3 and a window of level 8 spanning 2 bundles."""
     scheme = web_mercator_scheme()

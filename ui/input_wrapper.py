@@ -9,8 +9,12 @@ from __future__ import annotations
 from processing.gui.wrappers import DIALOG_BATCH, DIALOG_MODELER, WidgetWrapper
 from qgis.core import (
     QgsDataSourceUri,
+    QgsIconUtils,
     QgsProcessingModelChildParameterSource,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputFolder,
     QgsProcessingOutputString,
+    QgsProcessingParameterFile,
     QgsProcessingParameterString,
     QgsProject,
     QgsProviderRegistry,
@@ -51,6 +55,14 @@ def tiled_layers(project: QgsProject) -> list[QgsRasterLayer]:
     return sorted(found, key=lambda layer: layer.name().lower())
 
 
+def static_value(value):
+    """A modeler's static value as the plain value the widgets show."""
+    Source = QgsProcessingModelChildParameterSource
+    if isinstance(value, Source) and value.source() == Source.StaticValue:
+        return value.staticValue()
+    return value
+
+
 class InputCombo(QWidget):
     """Editable combo of the project's tiled layers plus a browse button."""
 
@@ -80,7 +92,8 @@ class InputCombo(QWidget):
         text = self.combo.currentText()
         self.combo.clear()
         for layer in tiled_layers(project):
-            self.combo.addItem(layer.icon(), f"{layer.name()} (project layer)", layer.id())
+            self.combo.addItem(QgsIconUtils.iconForLayer(layer),
+                               f"{layer.name()} (project layer)", layer.id())
         self.combo.setCurrentIndex(-1)
         self.combo.setEditText(text)
 
@@ -116,8 +129,11 @@ class InputServiceWrapper(WidgetWrapper):
         if self.dialogType == DIALOG_MODELER:
             combo = QComboBox()
             combo.setEditable(True)
+            # model inputs, and other children's caches (e.g. a package exported before)
             for source in self.dialog.getAvailableValuesOfType(
-                    QgsProcessingParameterString, QgsProcessingOutputString):
+                    [QgsProcessingParameterString, QgsProcessingParameterFile],
+                    [QgsProcessingOutputString, QgsProcessingOutputFile,
+                     QgsProcessingOutputFolder]):
                 combo.addItem(self.dialog.resolveValueDescription(source), source)
             combo.setEditText("")
             combo.currentTextChanged.connect(lambda _: self.widgetValueHasChanged.emit(self))
@@ -131,6 +147,7 @@ class InputServiceWrapper(WidgetWrapper):
         return widget
 
     def setValue(self, value):
+        value = static_value(value)
         if self.dialogType == DIALOG_MODELER:
             self.setComboValue(value)
         elif self.dialogType == DIALOG_BATCH:

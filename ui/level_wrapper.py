@@ -34,6 +34,7 @@ from qgis.PyQt.QtWidgets import (
 from ..core.errors import CacheError
 from ..core.level_selection import compact_levels, level_ids
 from ..core.level_table import LevelRow
+from .input_wrapper import static_value
 
 WATCHED = ("INPUT_SERVICE", "EXPORT_EXTENT", "AREA_OF_INTEREST", "AUTHCFG", "TOKEN")
 COLUMNS = ("Level", "Scale", "Resolution", "Tiles")
@@ -205,6 +206,7 @@ class LevelListWrapper(WidgetWrapper):
                               "levels.")
 
     def setValue(self, value):
+        value = static_value(value)
         if self.dialogType == DIALOG_MODELER:
             self.setComboValue(value)
         elif self.dialogType == DIALOG_BATCH:
