@@ -7,6 +7,7 @@
 #   make install  symlink this checkout into the QGIS profile and enable the plugin
 #   make package  dist/export_map_server_cache-<version>.zip for "Install from ZIP"
 #   make demo     scripts/demo.sh
+#   make screenshots  the README's dialog and map pictures (docs/screenshots)
 #   make clean
 
 SHELL := /bin/bash
@@ -29,7 +30,7 @@ DEB_PACKAGES := qgis python3-qgis qgis-providers gdal-bin python3-gdal python3-s
 QGIS_PROFILE_ROOT = $(if $(QGIS_CUSTOM_CONFIG_PATH),$(QGIS_CUSTOM_CONFIG_PATH),$(HOME)/.local/share/QGIS/QGIS3)
 QGIS_PROFILE = $(QGIS_PROFILE_ROOT)/profiles/default
 
-.PHONY: deps venv test lint install package demo clean
+.PHONY: deps venv test lint install package demo screenshots clean
 
 deps:
 	@command -v dpkg-query >/dev/null || { echo "ERROR: dpkg-query not found: 'make deps' supports Debian 12 only." >&2; exit 1; }
@@ -125,7 +126,7 @@ package:
 
 define PACKAGE_PY
 import os, sys, zipfile
-EXCLUDED_DIRS = {"tests", "bench", "sample", "scripts", "build", "dist"}
+EXCLUDED_DIRS = {"tests", "bench", "sample", "scripts", "build", "dist", "docs"}
 EXCLUDED_FILES = {"Makefile", "pyproject.toml", "pytest.ini", "constraints.txt"}
 def wanted(path):
     parts = path.split("/")
@@ -146,6 +147,15 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
 print(f"package: {out} ({len(paths)} files)")
 endef
 export PACKAGE_PY
+
+# The README's screenshots: written by the dialog tests (offscreen), copied to docs/.
+screenshots: deps venv
+	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	mkdir -m 700 "$$tmp/xdg" "$$tmp/qgis"; \
+	export QT_QPA_PLATFORM=offscreen XDG_RUNTIME_DIR="$$tmp/xdg" QGIS_CUSTOM_CONFIG_PATH="$$tmp/qgis"; \
+	"$(PY)" -m pytest -q tests/test_dialog.py -k "served_caches_levels or aoi_export_lands"
+	mkdir -p docs/screenshots
+	cp build/screenshots/dialog.png build/screenshots/map.png docs/screenshots/
 
 demo: deps
 	@test -f scripts/demo.sh || { echo "ERROR: scripts/demo.sh does not exist yet." >&2; exit 1; }
