@@ -319,10 +319,7 @@ class Exporter:
         result = _TaskResult(level, brow, bcol, len(exported), 0, None, False, [])
         if not exported and not removed:
             return result
-        if exported:
-            rows = [r for r, _ in exported]
-            cols = [c for _, c in exported]
-            result.tile_range = TileRange(min(rows), max(rows), min(cols), max(cols))
+        result.tile_range = _bounds(exported)
         if self.options.storage is StorageFormat.EXPLODED:
             tiles = [(row, col, source) for row, col in exported]
         else:  # a bundle is rewritten whole: the kept tiles of the old one go in as well
@@ -411,10 +408,7 @@ class Exporter:
         result.touched = True
         result.removals = getattr(writer, "deferred_removals", [])
         result.tiles = len(written)
-        if written:
-            rows = [r for r, _ in written]
-            cols = [c for _, c in written]
-            result.tile_range = TileRange(min(rows), max(rows), min(cols), max(cols))
+        result.tile_range = _bounds(written)
         return result
 
     def _copy_runs(self, tiles: list, writer) -> None:
@@ -433,6 +427,14 @@ class Exporter:
             exported += len(data) if reader is source else 0
             writer.add(row, col, data)
         return exported
+
+
+def _bounds(keys: list[tuple[int, int]]) -> Optional[TileRange]:
+    if not keys:
+        return None
+    rows = [row for row, _ in keys]
+    cols = [col for _, col in keys]
+    return TileRange(min(rows), max(rows), min(cols), max(cols))
 
 
 def _levels_text(levels: list[int]) -> str:

@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cache_factory import snapshot  # noqa: E402
+from test_algorithm import RecordingFeedback  # noqa: E402
 from test_http_export import SAMPLE  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("plugin_provider")
@@ -229,25 +230,6 @@ def test_batch_widgets_are_plain_text(dialog_iface):
         dialog.deleteLater()
 
 
-class RecordingFeedback:
-    @staticmethod
-    def create():
-        from qgis.core import QgsProcessingFeedback
-
-        class _Feedback(QgsProcessingFeedback):
-            def __init__(self):
-                super().__init__()
-                self.lines: list[str] = []
-
-            def pushInfo(self, text):  # noqa: N802 - QGIS name
-                self.lines.append(text)
-
-            def pushWarning(self, text):  # noqa: N802 - QGIS name
-                self.lines.append(text)
-
-        return _Feedback()
-
-
 def run_task(parameters: dict, feedback, cancel_when=None, timeout: float = 60):
     """The Toolbox's way: a QgsProcessingAlgRunnerTask in QGIS's task manager while the main
     thread keeps turning its event loop. Returns (ok, results, context, main-loop turns,
@@ -290,13 +272,13 @@ def test_background_run_reports_per_level_progress_and_hands_the_result_over(ser
         {"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-4",
          "TARGET_CACHE_PATH": str(tmp_path / "out"), "NUM_OF_CACHING_SERVICE_INSTANCES": 2,
          "LOAD_RESULT": True}, feedback)
-    assert ok, "\n".join(feedback.lines)
+    assert ok, "\n".join(feedback.infos + feedback.warnings)
     assert results["TILE_COUNT"] == 341
     assert progress == sorted(progress) and progress[-1] == pytest.approx(100)
     assert len(progress) > 10
     assert turns > 100  # the main thread kept its event loop going during the export
-    lines = "\n".join(feedback.lines)
-    periodic = [line for line in feedback.lines
+    lines = "\n".join(feedback.infos)
+    periodic = [line for line in feedback.infos
                 if line.startswith("Level ") and " bundles), " in line]
     assert periodic, lines
     assert all("tiles/s" in line and "left for this level" in line for line in periodic), lines
@@ -328,7 +310,7 @@ def test_an_aoi_export_lands_on_the_map_clipped_to_the_polygon(project_layers, t
     ok, results, context, _, _ = run_task(
         {"INPUT_SERVICE": str(SAMPLE / "Layers"), "LEVELS": "0-5", "LOAD_RESULT": True,
          "AREA_OF_INTEREST": outline.id(), "TARGET_CACHE_PATH": str(tmp_path)}, feedback)
-    assert ok, "\n".join(feedback.lines)
+    assert ok, "\n".join(feedback.infos + feedback.warnings)
     loaded = [context.getMapLayer(layer_id) for layer_id in context.layersToLoadOnCompletion()]
     assert len(loaded) == 1 and loaded[0].isValid()
     layer = loaded[0]
@@ -371,7 +353,7 @@ def test_outputs_qgis_cannot_show_get_a_message_instead_of_a_layer(cache_type, s
          "STORAGE_FORMAT_TYPE": storage}, feedback)
     assert ok
     assert context.layersToLoadOnCompletion() == {}
-    assert message in "\n".join(feedback.lines)
+    assert message in "\n".join(feedback.infos + feedback.warnings)
 
 
 def test_cancel_in_the_background_stops_within_a_second_and_leaves_nothing(serve, tmp_path):

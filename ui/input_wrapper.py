@@ -6,11 +6,9 @@ line edit. The value is always what the algorithm takes: a path, a URL or a laye
 """
 from __future__ import annotations
 
-from processing.gui.wrappers import DIALOG_BATCH, DIALOG_MODELER, WidgetWrapper
 from qgis.core import (
     QgsDataSourceUri,
     QgsIconUtils,
-    QgsProcessingModelChildParameterSource,
     QgsProcessingOutputFile,
     QgsProcessingOutputFolder,
     QgsProcessingOutputString,
@@ -24,11 +22,12 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QFileDialog,
     QHBoxLayout,
-    QLineEdit,
     QMenu,
     QToolButton,
     QWidget,
 )
+
+from .text_wrapper import TextParameterWrapper
 
 PACKAGE_FILTER = "Tile packages and cache definitions (*.tpk *.tpkx conf.xml Conf.xml)"
 
@@ -53,14 +52,6 @@ def tiled_layers(project: QgsProject) -> list[QgsRasterLayer]:
                 ("conf.xml", ".tpkx")):
             found.append(layer)
     return sorted(found, key=lambda layer: layer.name().lower())
-
-
-def static_value(value):
-    """A modeler's static value as the plain value the widgets show."""
-    Source = QgsProcessingModelChildParameterSource
-    if isinstance(value, Source) and value.source() == Source.StaticValue:
-        return value.staticValue()
-    return value
 
 
 class InputCombo(QWidget):
@@ -124,43 +115,19 @@ class InputCombo(QWidget):
             self.set_value(path)
 
 
-class InputServiceWrapper(WidgetWrapper):
-    def createWidget(self):
-        if self.dialogType == DIALOG_MODELER:
-            combo = QComboBox()
-            combo.setEditable(True)
-            # model inputs, and other children's caches (e.g. a package exported before)
-            for source in self.dialog.getAvailableValuesOfType(
-                    [QgsProcessingParameterString, QgsProcessingParameterFile],
-                    [QgsProcessingOutputString, QgsProcessingOutputFile,
-                     QgsProcessingOutputFolder]):
-                combo.addItem(self.dialog.resolveValueDescription(source), source)
-            combo.setEditText("")
-            combo.currentTextChanged.connect(lambda _: self.widgetValueHasChanged.emit(self))
-            return combo
-        if self.dialogType == DIALOG_BATCH:
-            edit = QLineEdit()
-            edit.textChanged.connect(lambda _: self.widgetValueHasChanged.emit(self))
-            return edit
+class InputServiceWrapper(TextParameterWrapper):
+    # model inputs, and other children's caches (e.g. a package exported before)
+    MODEL_SOURCES = ([QgsProcessingParameterString, QgsProcessingParameterFile],
+                     [QgsProcessingOutputString, QgsProcessingOutputFile,
+                      QgsProcessingOutputFolder])
+
+    def create_dialog_widget(self):
         widget = InputCombo()
         widget.combo.currentTextChanged.connect(lambda _: self.widgetValueHasChanged.emit(self))
         return widget
 
-    def setValue(self, value):
-        value = static_value(value)
-        if self.dialogType == DIALOG_MODELER:
-            self.setComboValue(value)
-        elif self.dialogType == DIALOG_BATCH:
-            self.widget.setText("" if value is None else str(value))
-        else:
-            self.widget.set_value(value)
+    def set_dialog_value(self, value) -> None:
+        self.widget.set_value(value)
 
-    def value(self):
-        if self.dialogType == DIALOG_MODELER:
-            value = self.comboValue()
-            if isinstance(value, QgsProcessingModelChildParameterSource):
-                return value
-            return value or None
-        if self.dialogType == DIALOG_BATCH:
-            return self.widget.text().strip()
+    def dialog_value(self):
         return self.widget.value()

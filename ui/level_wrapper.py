@@ -10,19 +10,12 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from processing.gui.wrappers import DIALOG_BATCH, DIALOG_MODELER, WidgetWrapper
-from qgis.core import (
-    QgsProcessingFeedback,
-    QgsProcessingModelChildParameterSource,
-    QgsProcessingOutputString,
-    QgsProcessingParameterString,
-)
+from processing.gui.wrappers import DIALOG_BATCH, DIALOG_MODELER
+from qgis.core import QgsProcessingFeedback
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtWidgets import (
-    QComboBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QPushButton,
     QSpinBox,
     QTreeWidget,
@@ -34,7 +27,7 @@ from qgis.PyQt.QtWidgets import (
 from ..core.errors import CacheError
 from ..core.level_selection import compact_levels, level_ids
 from ..core.level_table import LevelRow
-from .input_wrapper import static_value
+from .text_wrapper import TextParameterWrapper
 
 WATCHED = ("INPUT_SERVICE", "EXPORT_EXTENT", "AREA_OF_INTEREST", "AUTHCFG", "TOKEN")
 COLUMNS = ("Level", "Scale", "Resolution", "Tiles")
@@ -139,18 +132,8 @@ class LevelChecklist(QWidget):
             self.check(lambda level: level in levels)
 
 
-class LevelListWrapper(WidgetWrapper):
-    def createWidget(self):
-        if self.dialogType == DIALOG_MODELER:
-            combo = QComboBox()
-            combo.setEditable(True)
-            for source in self.dialog.getAvailableValuesOfType(
-                    QgsProcessingParameterString, QgsProcessingOutputString):
-                combo.addItem(self.dialog.resolveValueDescription(source), source)
-            combo.setEditText("")
-            return combo
-        if self.dialogType == DIALOG_BATCH:
-            return QLineEdit()
+class LevelListWrapper(TextParameterWrapper):
+    def create_dialog_widget(self):
         widget = LevelChecklist()
         widget.changed = lambda: self.widgetValueHasChanged.emit(self)
         self._timer = QTimer(widget)
@@ -159,6 +142,7 @@ class LevelListWrapper(WidgetWrapper):
         self._timer.timeout.connect(self.refresh_levels)
         self._watched: dict = {}
         self._opened = None  # (input parameters, LevelSource) of the input last read
+        widget.destroyed.connect(self._close)
         return widget
 
     def postInitialize(self, wrappers):
@@ -205,25 +189,16 @@ class LevelListWrapper(WidgetWrapper):
                               "interest (the data extent without one). None checked = all "
                               "levels.")
 
-    def setValue(self, value):
-        value = static_value(value)
-        if self.dialogType == DIALOG_MODELER:
-            self.setComboValue(value)
-        elif self.dialogType == DIALOG_BATCH:
-            self.widget.setText("" if value is None else str(value))
-        else:
-            try:
-                self.widget.set_value(level_ids(str(value or "")))
-            except CacheError:
-                self.widget.set_value(set())
+    def _close(self, *_) -> None:
+        if self._opened is not None:
+            self._opened[1].close()
+            self._opened = None
 
-    def value(self):
-        if self.dialogType == DIALOG_MODELER:
-            value = self.comboValue()
-            if isinstance(value, QgsProcessingModelChildParameterSource):
-                return value
-            return value or None
-        if self.dialogType == DIALOG_BATCH:
-            return self.widget.text().strip()
+    def set_dialog_value(self, value) -> None:
+        try:
+            self.widget.set_value(level_ids(str(value or "")))
+        except CacheError:
+            self.widget.set_value(set())
+
+    def dialog_value(self):
         return self.widget.value()
-
