@@ -13,7 +13,7 @@ from .aoi_geometry import aoi_in_cache
 from .clip_mask import PolygonRaster
 from .errors import CacheError
 from .geometry import Extent
-from .tiling_scheme import TileRange, TilingScheme, bundle_range
+from .tiling_scheme import PACKET_SIZE, TileRange, TilingScheme, bundle_origin, bundle_range
 
 
 class Coverage(enum.Enum):
@@ -91,7 +91,8 @@ class PolygonSelection(ExtentSelection):
         self._shape = geometry
         self._prepared = threading.local()
         self._share = geometry.area / max(geometry.envelope.area, 1e-300)
-        self._raster = PolygonRaster.from_geometry(geometry) if clip else None
+        self._raster = PolygonRaster.from_geometry(geometry)
+        self._clip = clip
 
     def _geometry(self):
         """The polygon prepared for fast predicates, one per thread: shapely 1.8's prepared
@@ -129,47 +130,63 @@ class PolygonSelection(ExtentSelection):
             self._box(level, TileRange(row, row, col, col))
         )
 
+    def tile_filter(self, level: int, brow: int, bcol: int) -> Callable[[int, int], bool]:
+        """With clipping, the tiles with a pixel centre inside (from the bundle's tile states,
+        without a geometry test per tile)."""
+        if not self._clip or self.bundle_coverage(level, brow, bcol) is Coverage.NONE:
+            return super().tile_filter(level, brow, bcol)
+        states = self._bundle_states(level, brow, bcol)[0]
+        return lambda row, col: bool(states[row - brow, col - bcol])
+
     def clipper(self, level: int, brow: int, bcol: int) -> Optional[BundleClipper]:
-        if self._raster is None:
+        if not self._clip:
             return None
-        full = bundle_range(brow, bcol)
         # every pixel centre of the bundle inside: no tile needs a mask
-        if self._geometry().contains(self._box(level, full, inset=0.5)):
+        if self._geometry().contains(self._box(level, bundle_range(brow, bcol), inset=0.5)):
             return None
-        extent = self._scheme.range_extent(level, full)
-        return BundleClipper(self, level, self._raster.band(extent.ymin, extent.ymax))
+        states, raster = self._bundle_states(level, brow, bcol)
+        return BundleClipper(self._scheme, level, brow, bcol, states, raster)
 
     def tile_state(self, level: int, row: int, col: int) -> TileState:
-        """Where the tile's pixel centres lie: the centres span the tile shrunk by half a
-        pixel, so containment of that box decides INSIDE and OUTSIDE exactly."""
-        centres = self._box(level, TileRange(row, row, col, col), inset=0.5)
-        if self._geometry().contains(centres):
-            return TileState.INSIDE
-        if not self._geometry().intersects(centres):
-            return TileState.OUTSIDE
-        return TileState.BOUNDARY
+        """Where the tile's pixel centres lie."""
+        brow, bcol = bundle_origin(row), bundle_origin(col)
+        return TileState(self._bundle_states(level, brow, bcol)[0][row - brow, col - bcol])
+
+    def _bundle_states(self, level: int, brow: int, bcol: int
+                       ) -> tuple[np.ndarray, PolygonRaster]:
+        """The TileState values of a bundle's 128x128 tiles and the polygon's edges there;
+        each thread keeps its last bundle's (the filter and the clipper both ask)."""
+        key = (level, brow, bcol)
+        last = getattr(self._prepared, "states", None)
+        if last is not None and last[0] == key:
+            return last[1]
+        extent = self._scheme.range_extent(level, bundle_range(brow, bcol))
+        band = self._raster.band(extent.ymin, extent.ymax)
+        states = band.tile_states(extent, (PACKET_SIZE, PACKET_SIZE),
+                                  (self._scheme.tile_cols, self._scheme.tile_rows))
+        self._prepared.states = (key, (states, band))
+        return states, band
 
 
-class TileState(enum.Enum):
-    INSIDE = 0  # every pixel centre inside the area of interest
+class TileState(enum.IntEnum):
+    OUTSIDE = 0  # no pixel centre inside the area of interest
     BOUNDARY = 1
-    OUTSIDE = 2
+    INSIDE = 2  # every pixel centre inside
 
 
 class BundleClipper:
     """The clipping of one bundle's tiles by the area of interest."""
 
-    def __init__(self, selection: PolygonSelection, level: int, raster: PolygonRaster):
-        self._selection, self._level, self._raster = selection, level, raster
-        scheme = selection._scheme
-        self._extent = lambda row, col: scheme.tile_extent(level, row, col)
-        self.size = (scheme.tile_cols, scheme.tile_rows)
+    def __init__(self, scheme: TilingScheme, level: int, brow: int, bcol: int,
+                 states: np.ndarray, raster: PolygonRaster):
+        self._scheme, self._level, self._origin = scheme, level, (brow, bcol)
+        self._states, self._raster = states, raster
 
     def state(self, row: int, col: int) -> TileState:
-        return self._selection.tile_state(self._level, row, col)
+        return TileState(self._states[row - self._origin[0], col - self._origin[1]])
 
     def mask(self, row: int, col: int) -> np.ndarray:
         """(rows, cols) bools: pixel centres inside the area of interest."""
-        width, height = self.size
-        return self._raster.mask(self._extent(row, col), width, height)
-
+        scheme = self._scheme
+        return self._raster.mask(scheme.tile_extent(self._level, row, col), scheme.tile_cols,
+                                 scheme.tile_rows)

@@ -101,6 +101,11 @@ def composite_over(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
 
 def flatten(pixels: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
     """RGB pixels of `pixels` drawn over an opaque background colour."""
+    alpha = pixels[..., 3]
+    if not ((alpha != 0) & (alpha != 255)).any():  # clipped tiles: no blending needed
+        rgb = pixels[..., :3].copy()
+        rgb[alpha == 0] = background
+        return rgb
     alpha = pixels[..., 3:4].astype(np.float32) / 255.0
     rgb = pixels[..., :3] * alpha + np.asarray(background, np.float32) * (1.0 - alpha)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)

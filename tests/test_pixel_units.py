@@ -151,3 +151,21 @@ def test_progress_reports_levels_with_totals_rates_and_time_left():
     downloads = ExportProgress(bundles, expected={3: 100, 4: 1000}, clock=lambda: now[0])
     downloads.set_in_flight(550)
     assert downloads.fraction() == 0.5
+
+
+@pytest.mark.parametrize("shape", [STAR, DONUT, ISLANDS], ids=["star", "donut", "islands"])
+def test_tile_states_agree_with_the_masks_of_each_tile(shape):
+    raster = PolygonRaster.from_geometry(shape)
+    extent, tiles, size = Extent(-10, -10, 110, 110), (12, 10), (10, 12)
+    states = raster.tile_states(extent, tiles, size)
+    span_x, span_y = 120 / 12, 120 / 10
+    kinds = set()
+    for row in range(10):
+        for col in range(12):
+            tile = Extent(-10 + col * span_x, 110 - (row + 1) * span_y,
+                          -10 + (col + 1) * span_x, 110 - row * span_y)
+            mask = raster.mask(tile, *size)
+            expected = 2 if mask.all() else (1 if mask.any() else 0)
+            assert states[row, col] == expected, (row, col)
+            kinds.add(expected)
+    assert kinds == {0, 1, 2}
