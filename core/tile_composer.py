@@ -130,6 +130,8 @@ class BundleComposer:
         data = self.source.read(row, col)
         if mask is None and (not has_existing or not may_be_transparent(data)):
             return self._converted(data), True
+        if mask is not None and not has_existing and self._jpeg_to_jpeg(data):
+            return self.options.encoding.clip_jpeg(data, mask), True
         pixels = decode(data)
         if mask is None and overwrite:  # the existing tile is replaced, even by nothing
             return (None if is_empty(pixels) else self._converted(data)), True
@@ -144,6 +146,11 @@ class BundleComposer:
             else:
                 pixels = composite_over(pixels, below)
         return self._encoded(pixels), True
+
+    def _jpeg_to_jpeg(self, data: bytes) -> bool:
+        """A JPEG tile written as JPEG: clipped in RGB, without an alpha channel."""
+        return (self.options.encoding.tile_format == "JPEG" and is_jpeg(data)
+                and not self.options.optimize)
 
     def _encoded(self, pixels: np.ndarray) -> Optional[bytes]:
         return None if is_empty(pixels) else self.options.encoding.encode(pixels)
