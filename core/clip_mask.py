@@ -43,19 +43,17 @@ class PolygonRaster:
         centres_y = extent.ymax - (np.arange(height) + 0.5) * res_y
         keep = (self._ymax >= centres_y[-1]) & (self._ymin <= centres_y[0])
         x0, y0, x1, y1 = self._edges[keep].T
-        toggles = np.zeros((height, width + 1), np.int32)
-        if len(x0):
-            y = centres_y[:, None]
-            # half-open test: a row through a vertex meets exactly one of its two edges
-            crosses = ((y0 <= y) & (y < y1)) | ((y1 <= y) & (y < y0))
-            rows, index = np.nonzero(crosses)
-            ys = centres_y[rows]
-            xs = x0[index] + (ys - y0[index]) * (x1[index] - x0[index]) / (
-                y1[index] - y0[index])
-            # first pixel whose centre lies right of the crossing
-            first = np.floor((xs - extent.xmin) / res_x - 0.5).astype(np.int64) + 1
-            np.add.at(toggles, (rows, np.clip(first, 0, width)), 1)
-        return (np.cumsum(toggles[:, :width], axis=1) & 1).astype(bool)
+        if not len(x0):
+            return np.zeros((height, width), bool)
+        y = centres_y[:, None]
+        # half-open test: a row through a vertex meets exactly one of its two edges
+        crosses = ((y0 <= y) & (y < y1)) | ((y1 <= y) & (y < y0))
+        rows, index = np.nonzero(crosses)
+        ys = centres_y[rows]
+        xs = x0[index] + (ys - y0[index]) * (x1[index] - x0[index]) / (y1[index] - y0[index])
+        # first pixel whose centre lies right of the crossing
+        first = np.floor((xs - extent.xmin) / res_x - 0.5).astype(np.int64) + 1
+        return _parity(rows, np.clip(first, 0, width), height, width)
 
     def tile_states(self, extent: Extent, tiles: tuple[int, int], size: tuple[int, int]
                     ) -> np.ndarray:
@@ -75,7 +73,7 @@ class PolygonRaster:
             centres_y = extent.ymax - (tile_row * height + np.arange(height) + 0.5) * res_y
             keep = (self._ymax >= centres_y[-1]) & (self._ymin <= centres_y[0])
             x0, y0, x1, y1 = self._edges[keep].T
-            toggles = np.zeros((height, cols + 1), np.int32)
+            lines = first = np.zeros(0, np.int64)
             mixed = np.zeros(cols, bool)
             if len(x0):
                 y = centres_y[:, None]
@@ -89,8 +87,16 @@ class PolygonRaster:
                 tile, offset = np.divmod(first, width)
                 split = (offset != 0) & (tile >= 0) & (tile < cols)
                 mixed[tile[split]] = True
-                np.add.at(toggles, (lines, np.clip(-(-first // width), 0, cols)), 1)
-            parity = np.cumsum(toggles[:, :cols], axis=1) & 1
+                first = np.clip(-(-first // width), 0, cols)
+            parity = _parity(lines, first, height, cols).view(np.uint8)
             mixed |= parity.min(axis=0) != parity.max(axis=0)
             states[tile_row] = np.where(mixed, 1, parity[0] * 2)
         return states
+
+
+def _parity(rows: np.ndarray, starts: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(height, width) bools: odd number of crossings starting at or left of each cell, from
+    crossings given as (row, first cell right of it); counted modulo 256, which keeps parity."""
+    counts = np.bincount(rows * (width + 1) + starts, minlength=height * (width + 1))
+    counts = counts.astype(np.uint8).reshape(height, width + 1)[:, :width]
+    return (np.cumsum(counts, axis=1, dtype=np.uint8) & 1).view(bool)
