@@ -77,8 +77,10 @@ class BundleComposer:
     def needed(options: PixelOptions, clipper: Optional[BundleClipper], has_existing: bool
                ) -> bool:
         """False when whole tiles are copied as they are (the exporter's plain path)."""
-        merge = has_existing and not options.overwrite and not options.source_opaque
-        return clipper is not None or options.converts or merge
+        # over an existing tile, a tile that may be transparent is drawn (MERGE) or, when
+        # wholly transparent, removes it (OVERWRITE)
+        layered = has_existing and not options.source_opaque
+        return clipper is not None or options.converts or layered
 
     def plan(self, exported: set, existing: set) -> Plan:
         """Every tile of the bundle in row-major order with what to do, before any pixel work."""

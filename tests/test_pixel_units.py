@@ -3,6 +3,7 @@ of areas of interest, and the codec's format sniffing and encodings."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,38 @@ def test_tile_states_agree_with_the_masks_of_each_tile(shape):
             assert states[row, col] == expected, (row, col)
             kinds.add(expected)
     assert kinds == {0, 1, 2}
+
+
+def test_overwrite_by_extent_removes_tiles_the_input_makes_wholly_transparent(tmp_path):
+    """Whole selected tiles are replaced under OVERWRITE; an exported tile with no visible
+    pixel leaves no tile behind (outside any AOI clipping, in the plain bundle path too)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cache_factory import read_all_tiles, web_mercator_scheme, write_cache
+
+    from export_map_server_cache.core.cache_source import open_cache
+    from export_map_server_cache.core.cache_storage import open_writer
+    from export_map_server_cache.core.exporter import Exporter, ExportOptions
+    from export_map_server_cache.core.selection import Selection
+    from export_map_server_cache.core.tiling_scheme import StorageFormat, TileRange
+
+    scheme = web_mercator_scheme(4)
+    old = write_cache(tmp_path / "old" / "c" / "Layers", scheme, {1: TileRange(0, 1, 0, 1)})
+    new_layers = tmp_path / "new" / "c" / "Layers"
+    new = write_cache(new_layers, scheme, {1: TileRange(0, 1, 0, 1)})
+    clear = io.BytesIO()
+    Image.new("RGBA", (256, 256), (0, 0, 0, 0)).save(clear, "PNG")
+    writer = open_writer(StorageFormat.COMPACT_V2, new_layers / "_alllayers", 1, 0, 0, "spec")
+    for row, col in sorted(k[1:] for k in new):
+        writer.add(row, col, clear.getvalue() if (row, col) == (0, 1) else new[(1, row, col)])
+    writer.commit()
+    out = tmp_path / "out"
+    for folder, overwrite in (("old", False), ("new", True)):
+        source = open_cache(str(tmp_path / folder / "c" / "Layers"))
+        Exporter(source, [1], Selection(), ExportOptions(out, StorageFormat.COMPACT_V2,
+                                                         overwrite=overwrite)).run()
+        source.close()
+    tiles = read_all_tiles(out / "c" / "Layers")
+    assert (1, 0, 1) not in tiles and (1, 0, 1) in old
+    assert tiles == {k: v for k, v in new.items() if k != (1, 0, 1)}
