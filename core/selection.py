@@ -13,7 +13,7 @@ from .aoi_geometry import aoi_in_cache
 from .clip_mask import PolygonRaster
 from .errors import CacheError
 from .geometry import Extent
-from .tiling_scheme import PACKET_SIZE, TileRange, TilingScheme, bundle_origin, bundle_range
+from .tiling_scheme import PACKET_SIZE, TileRange, TilingScheme, bundle_range
 
 
 class Coverage(enum.Enum):
@@ -146,11 +146,6 @@ class PolygonSelection(ExtentSelection):
             return None
         states, raster = self._bundle_states(level, brow, bcol)
         return BundleClipper(self._scheme, level, brow, bcol, states, raster)
-
-    def tile_state(self, level: int, row: int, col: int) -> TileState:
-        """Where the tile's pixel centres lie."""
-        brow, bcol = bundle_origin(row), bundle_origin(col)
-        return TileState(self._bundle_states(level, brow, bcol)[0][row - brow, col - bcol])
 
     def _bundle_states(self, level: int, brow: int, bcol: int
                        ) -> tuple[np.ndarray, PolygonRaster]:

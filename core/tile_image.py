@@ -21,7 +21,6 @@ PNG_COMPRESS_LEVEL = 6  # PIL's default: smaller tiles matter more than encoding
 DEFAULT_JPEG_QUALITY = 75  # ArcGIS's default compression quality
 # PNG colour types (IHDR byte 9): 0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA
 PNG_ALPHA_TYPES = (4, 6)
-TILE_FORMATS = ("PNG", "PNG8", "PNG24", "PNG32", "JPEG", "MIXED")
 
 
 def is_jpeg(data: bytes) -> bool:
@@ -74,10 +73,6 @@ def decode(data: bytes, where: str = "tile") -> np.ndarray:
         raise CorruptCacheError(f"{where} cannot be decoded as an image ({exc}).") from exc
 
 
-def transparent(height: int, width: int) -> np.ndarray:
-    return np.zeros((height, width, 4), np.uint8)
-
-
 def is_opaque(pixels: np.ndarray) -> bool:
     return bool(pixels[..., 3].min() == 255)
 
@@ -113,8 +108,9 @@ def flatten(pixels: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TileEncoding:
-    """How new tiles are encoded: the cache's tile format (TILE_FORMATS), JPEG quality, and the
-    colour that stands in for transparency where a format has none."""
+    """How new tiles are encoded: the cache's tile format (PNG, PNG8, PNG24, PNG32, JPEG or
+    MIXED), JPEG quality, and the colour that stands in for transparency where a format has
+    none."""
 
     tile_format: str
     quality: int = DEFAULT_JPEG_QUALITY

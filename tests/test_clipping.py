@@ -806,10 +806,13 @@ while rounds < 1000 and time.monotonic() - started < 6:
     selection = PolygonSelection(scheme, wkb)
 
     def work(parity):
+        wanted = selection.tile_filter(6, 0, 0)
+        selection.clipper(6, 0, 0)
         for row in range(18, 34):
             for col in range(28, 44):
                 if (row + col) % 2 == parity:
-                    selection.tile_state(6, row, col)
+                    wanted(row, col)
+                    selection.contains(6, row, col)
 
     threads = [threading.Thread(target=work, args=(p,)) for p in (0, 1)]
     for thread in threads:
@@ -822,8 +825,9 @@ print(rounds)
 
 
 def test_tile_states_from_two_worker_threads_do_not_crash(tmp_path):
-    """The exporter's workers ask the selection for tile states (BundleClipper.state ->
-    PolygonSelection.tile_state) at the same time, as two bundles are clipped in parallel. Run
+    """The exporter's workers ask the selection about their bundles' tiles (tile filter,
+    clipper, and the per-tile test DISABLE_CLIPPING uses) at the same time, as two bundles are
+    clipped in parallel. Run
     in a subprocess, so a crash is reported as this test's failure instead of killing pytest."""
     import subprocess
 

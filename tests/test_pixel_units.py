@@ -205,3 +205,14 @@ def test_overwrite_by_extent_removes_tiles_the_input_makes_wholly_transparent(tm
     tiles = read_all_tiles(out / "c" / "Layers")
     assert (1, 0, 1) not in tiles and (1, 0, 1) in old
     assert tiles == {k: v for k, v in new.items() if k != (1, 0, 1)}
+
+
+def test_jpeg_encoding_blends_partly_transparent_pixels_with_the_background():
+    """Clipped tiles have only clear and opaque pixels; a half-transparent one (a merged
+    anti-aliased edge) is blended with the background colour, not cut to it."""
+    pixels = np.zeros((32, 32, 4), np.uint8)
+    pixels[...] = (0, 0, 200, 128)  # half-opaque blue
+    data = TileEncoding("JPEG", 95, (255, 255, 255)).encode(pixels)
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    expected = np.array([127, 127, 227])  # 0.5 * (0, 0, 200) + 0.5 * (255, 255, 255)
+    assert abs(decoded[8:24, 8:24] - expected).max() <= 3
