@@ -10,6 +10,8 @@ import numpy as np
 
 from .geometry import Extent
 
+TILE_ROWS_PER_PASS = 16  # tile rows of a bundle classified together (memory ~ 16 x 256 x 129 x 8 B)
+
 
 class PolygonRaster:
     """Edges of a valid (multi)polygon, ready to be scan-converted at any resolution."""
@@ -38,59 +40,65 @@ class PolygonRaster:
     def mask(self, extent: Extent, width: int, height: int) -> np.ndarray:
         """(height, width) bools: pixel centres of a width x height grid over `extent` that lie
         inside the polygon (row 0 at the top)."""
-        res_x = (extent.xmax - extent.xmin) / width
-        res_y = (extent.ymax - extent.ymin) / height
-        centres_y = extent.ymax - (np.arange(height) + 0.5) * res_y
+        return self.tile_masks(extent, (1, 1), (width, height), 0, [0])[0]
+
+    def tile_masks(self, extent: Extent, tiles: tuple[int, int], size: tuple[int, int],
+                   tile_row: int, tile_cols: list[int]) -> np.ndarray:
+        """(len(tile_cols), height, width) masks of some tiles of one row of a grid of `tiles`
+        (cols, rows) tiles of `size` (width, height) px over `extent`: one pass for them all,
+        with the arithmetic of `tile_states`, so a mask never contradicts its tile's state."""
+        width, height = size
+        lines, first = self._crossings(extent, tiles, size, tile_row, 1)
+        cols = np.asarray(tile_cols, np.int64)
+        starts = np.clip(first[None, :] - cols[:, None] * width, 0, width)
+        cells = np.arange(len(cols))[:, None] * height + lines[None, :]
+        return _parity(cells.ravel(), starts.ravel(), len(cols) * height, width).reshape(
+            len(cols), height, width)
+
+    def _crossings(self, extent: Extent, tiles: tuple[int, int], size: tuple[int, int],
+                   top: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Where the edges cross the pixel-centre rows of tile rows top..top+count-1: (pixel
+        row counted from the first of them, first pixel of the grid row whose centre lies right
+        of the crossing)."""
+        (cols, rows), (width, height) = tiles, size
+        res_x = (extent.xmax - extent.xmin) / (cols * width)
+        res_y = (extent.ymax - extent.ymin) / (rows * height)
+        centres_y = extent.ymax - (top * height + np.arange(count * height) + 0.5) * res_y
         keep = (self._ymax >= centres_y[-1]) & (self._ymin <= centres_y[0])
         x0, y0, x1, y1 = self._edges[keep].T
-        if not len(x0):
-            return np.zeros((height, width), bool)
         y = centres_y[:, None]
         # half-open test: a row through a vertex meets exactly one of its two edges
         crosses = ((y0 <= y) & (y < y1)) | ((y1 <= y) & (y < y0))
-        rows, index = np.nonzero(crosses)
-        ys = centres_y[rows]
+        lines, index = np.nonzero(crosses)
+        ys = centres_y[lines]
         xs = x0[index] + (ys - y0[index]) * (x1[index] - x0[index]) / (y1[index] - y0[index])
-        # first pixel whose centre lies right of the crossing
         first = np.floor((xs - extent.xmin) / res_x - 0.5).astype(np.int64) + 1
-        return _parity(rows, np.clip(first, 0, width), height, width)
+        return lines, first
 
     def tile_states(self, extent: Extent, tiles: tuple[int, int], size: tuple[int, int]
                     ) -> np.ndarray:
         """(rows, cols) of a grid of `tiles` (cols, rows) tiles of `size` (width, height) px
         over `extent`: 0 = no pixel centre inside, 1 = some, 2 = all; the same answer as
-        `mask` tile by tile, from the tiles' pixel-centre rows only.
+        `tile_masks` tile by tile, from the tiles' pixel-centre rows only.
 
         A tile is mixed when a centre row's crossing falls between two of its centres, or
         when its rows (each uniform then) disagree at the tile's first centre.
         """
         cols, rows = tiles
         width, height = size
-        res_x = (extent.xmax - extent.xmin) / (cols * width)
-        res_y = (extent.ymax - extent.ymin) / (rows * height)
         states = np.zeros((rows, cols), np.int8)
-        for tile_row in range(rows):
-            centres_y = extent.ymax - (tile_row * height + np.arange(height) + 0.5) * res_y
-            keep = (self._ymax >= centres_y[-1]) & (self._ymin <= centres_y[0])
-            x0, y0, x1, y1 = self._edges[keep].T
-            lines = first = np.zeros(0, np.int64)
-            mixed = np.zeros(cols, bool)
-            if len(x0):
-                y = centres_y[:, None]
-                crosses = ((y0 <= y) & (y < y1)) | ((y1 <= y) & (y < y0))
-                lines, index = np.nonzero(crosses)
-                ys = centres_y[lines]
-                xs = x0[index] + (ys - y0[index]) * (x1[index] - x0[index]) / (
-                    y1[index] - y0[index])
-                # first bundle pixel whose centre lies right of the crossing, as in `mask`
-                first = np.floor((xs - extent.xmin) / res_x - 0.5).astype(np.int64) + 1
-                tile, offset = np.divmod(first, width)
-                split = (offset != 0) & (tile >= 0) & (tile < cols)
-                mixed[tile[split]] = True
-                first = np.clip(-(-first // width), 0, cols)
-            parity = _parity(lines, first, height, cols).view(np.uint8)
-            mixed |= parity.min(axis=0) != parity.max(axis=0)
-            states[tile_row] = np.where(mixed, 1, parity[0] * 2)
+        for top in range(0, rows, TILE_ROWS_PER_PASS):  # a few passes: numpy calls, not rows
+            count = min(TILE_ROWS_PER_PASS, rows - top)
+            lines, first = self._crossings(extent, tiles, size, top, count)
+            mixed = np.zeros((count, cols), bool)
+            tile, offset = np.divmod(first, width)
+            split = (offset != 0) & (tile >= 0) & (tile < cols)
+            mixed[lines[split] // height, tile[split]] = True
+            first = np.clip(-(-first // width), 0, cols)
+            parity = _parity(lines, first, count * height, cols).view(np.uint8)
+            parity = parity.reshape(count, height, cols)
+            mixed |= parity.min(axis=1) != parity.max(axis=1)
+            states[top : top + count] = np.where(mixed, 1, parity[:, 0] * 2)
         return states
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
+
 from .bundle_records import copy_records
 from .cache_source import CacheSource
 from .cache_storage import ExplodedBlockWriter
@@ -27,11 +29,14 @@ from .spatial_reference import geographic_extent
 from .thumbnail import draw_thumbnail
 from .tile_composer import Action, BundleComposer, PixelOptions
 from .tile_image import DEFAULT_JPEG_QUALITY, TileEncoding
-from .tiling_scheme import StorageFormat, TileRange, TilingScheme
+from .tiling_scheme import PACKET_SIZE, StorageFormat, TileRange, TilingScheme
 
 CANCEL_CHECK_EVERY = 256
 WAIT_SLICE = 0.05  # seconds between checks for cancel (and event-loop turns) while waiting
 MAX_AUTO_WORKERS = 8
+# a bundle's computed tiles held before it is written (its size known, a package's bundle goes
+# straight into the zip); beyond this they are computed as they are written
+PRECOMPUTED_BYTES = 32 << 20
 
 
 @dataclass
@@ -353,51 +358,61 @@ class Exporter:
 
     def _compose_bundle(self, target, level, brow, bcol, composer: BundleComposer
                         ) -> _TaskResult:
-        """A bundle with pixel work: tiles planned first, then written in order, computed ones
-        as they come (so a bundle's new tiles are never all held in memory)."""
+        """A bundle with pixel work: every tile planned at once, computed tiles done first
+        while they are few (so the bundle's size is known), then the bundle written in order,
+        runs of copied tiles as record runs."""
         source, old = composer.source, composer.existing
-        exported = {key for key in source.present() if composer.wanted(*key)} if source else set()
-        plan = composer.plan(exported, set(old.present()) if old else set())
+        actions = composer.plan((brow, bcol), source.present() if source else [],
+                                old.present() if old else []).ravel()
         result = _TaskResult(level, brow, bcol, 0, 0, None, False, [])
         exploded = self.options.storage is StorageFormat.EXPLODED
         if exploded:  # tile files are written one by one: kept ones are left alone
-            plan = [step for step in plan if step[2] is not Action.COPY_EXISTING]
-        if all(action is Action.COPY_EXISTING for _, _, action in plan):
+            actions[actions == Action.COPY_EXISTING] = Action.NOTHING
+        slots = np.flatnonzero(actions != Action.NOTHING)
+        codes = actions[slots]
+        if (codes == Action.COPY_EXISTING).all():
             return result
-        writer = target.writer(level, brow, bcol)
+        segments = _segments(brow, bcol, slots, codes, {
+            Action.COPY_EXPORTED: source, Action.COPY_EXISTING: old})
+        computed = composer.precompute(
+            [key for action, keys, _ in segments if action is Action.COMPUTE for key in keys],
+            PRECOMPUTED_BYTES, self._check_stop)
+        payload = None if exploded else _payload(segments, computed)
+        if payload == 0 and self.options.package:
+            result.touched = True  # every tile removed: the package gets no such bundle
+            return result
+        writer = target.writer(level, brow, bcol, payload)
         written: list[tuple[int, int]] = []
         try:
-            run: list = []  # consecutive verbatim records, copied together
-            for number, (row, col, action) in enumerate(plan):
-                if number % CANCEL_CHECK_EVERY == 0:
-                    self._check_stop()
-                if action is Action.COMPUTE:
-                    data, from_source = composer.compute(row, col)
-                elif action is Action.REMOVE:
-                    data, from_source = None, False
-                else:
-                    from_source = action is Action.COPY_EXPORTED
-                    reader = source if from_source else old
-                    if hasattr(reader, "locate") and hasattr(writer, "add_records"):
-                        run.append((row, col, reader))
-                        if from_source:
-                            written.append((row, col))
-                            result.bytes += reader.locate(row, col)[1]
-                        continue
-                    data = reader.read(row, col)
-                if run:
-                    copy_records(run, writer)
-                    run = []
-                if data is None:
-                    if exploded:
-                        writer.remove(row, col)
+            for action, keys, sizes in segments:
+                self._check_stop()
+                if action in (Action.COPY_EXPORTED, Action.COPY_EXISTING):
+                    reader = source if action is Action.COPY_EXPORTED else old
+                    tiles = [(row, col, reader) for row, col in keys]
+                    if sizes is not None and hasattr(writer, "add_records"):
+                        self._copy_runs(tiles, writer)
+                        copied = sum(sizes)
+                    else:
+                        copied = self._copy_tiles(tiles, writer, source)
+                    if reader is source:
+                        written.extend(keys)
+                        result.bytes += copied
                     continue
-                writer.add(row, col, data)
-                if from_source:
-                    written.append((row, col))
-                    result.bytes += len(data)
-            if run:
-                copy_records(run, writer)
+                for number, (row, col) in enumerate(keys):
+                    if number % CANCEL_CHECK_EVERY == 0:
+                        self._check_stop()
+                    data, from_source = None, False
+                    if action is Action.COMPUTE:
+                        data, from_source = (computed.pop((row, col), None)
+                                             or composer.compute(row, col))
+                    if data is None:
+                        if exploded:
+                            writer.remove(row, col)
+                        continue
+                    writer.add(row, col, data)
+                    if from_source:
+                        written.append((row, col))
+                        result.bytes += len(data)
             if not exploded and writer.count == 0 and self.options.package:
                 writer.abort()  # every tile removed: the package gets no such bundle
             else:
@@ -427,6 +442,44 @@ class Exporter:
             exported += len(data) if reader is source else 0
             writer.add(row, col, data)
         return exported
+
+
+Segment = tuple[Action, list[tuple[int, int]], Optional[list[int]]]
+
+
+def _segments(brow: int, bcol: int, slots: np.ndarray, codes: np.ndarray, readers: dict
+              ) -> list[Segment]:
+    """The planned tiles in writing order, cut where the action changes: (action, tiles,
+    their sizes when copied from a reader that knows them from its index)."""
+    cuts = [0, *(np.flatnonzero(np.diff(codes)) + 1).tolist(), len(codes)]
+    segments = []
+    for start, end in zip(cuts, cuts[1:]):
+        action = Action(int(codes[start]))
+        rows, cols = np.divmod(slots[start:end], PACKET_SIZE)
+        keys = list(zip((rows + brow).tolist(), (cols + bcol).tolist()))
+        reader = readers.get(action)
+        sizes = None
+        if reader is not None and hasattr(reader, "locate"):
+            sizes = [reader.locate(row, col)[1] for row, col in keys]
+        segments.append((action, keys, sizes))
+    return segments
+
+
+def _payload(segments: list[Segment], computed: dict) -> Optional[int]:
+    """Bytes of a compact bundle's records (size prefixes included) when every tile's size is
+    known before writing: copied tiles from their index, computed ones already done."""
+    total = 0
+    for action, keys, sizes in segments:
+        if action is Action.COMPUTE:
+            if any(key not in computed for key in keys):
+                return None
+            done = [computed[key][0] for key in keys]
+            total += sum(4 + len(data) for data in done if data is not None)
+        elif action is not Action.REMOVE:
+            if sizes is None:
+                return None
+            total += 4 * len(sizes) + sum(sizes)
+    return total
 
 
 def _bounds(keys: list[tuple[int, int]]) -> Optional[TileRange]:

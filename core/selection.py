@@ -15,6 +15,8 @@ from .errors import CacheError
 from .geometry import Extent
 from .tiling_scheme import PACKET_SIZE, TileRange, TilingScheme, bundle_range
 
+STATES_KEPT = 64  # bundles' tile states kept per thread (16 KiB each)
+
 
 class Coverage(enum.Enum):
     NONE = 0
@@ -79,17 +81,19 @@ class ExtentSelection(Selection):
 
 
 class PolygonSelection(ExtentSelection):
-    """Tiles whose area meets a (multi)polygon, tested per bundle first and per tile after.
+    """Tiles with a pixel centre inside a (multi)polygon: tested per bundle first (shapely),
+    then for all tiles of a partly covered bundle at once (PolygonRaster.tile_states).
 
     With `clip`, the pixels of a selected tile whose centres lie outside the polygon are cut
-    away (see BundleClipper); without it selected tiles are kept whole.
+    away (see BundleClipper); without it selected tiles are kept whole. Either way the same
+    tiles are selected, and the estimate counts exactly those.
     """
 
     def __init__(self, scheme: TilingScheme, polygon_wkb: bytes, clip: bool = True):
         geometry = aoi_in_cache(polygon_wkb, scheme)
         super().__init__(scheme, Extent(*geometry.bounds))
         self._shape = geometry
-        self._prepared = threading.local()
+        self._per_thread = threading.local()
         self._share = geometry.area / max(geometry.envelope.area, 1e-300)
         self._raster = PolygonRaster.from_geometry(geometry)
         self._clip = clip
@@ -97,9 +101,9 @@ class PolygonSelection(ExtentSelection):
     def _geometry(self):
         """The polygon prepared for fast predicates, one per thread: shapely 1.8's prepared
         geometries crash when two threads query the same one."""
-        prepared = getattr(self._prepared, "geometry", None)
+        prepared = getattr(self._per_thread, "geometry", None)
         if prepared is None:
-            prepared = self._prepared.geometry = prep(self._shape)
+            prepared = self._per_thread.geometry = prep(self._shape)
         return prepared
 
     def area_share(self) -> float:
@@ -126,15 +130,16 @@ class PolygonSelection(ExtentSelection):
         return Coverage.SOME
 
     def contains(self, level: int, row: int, col: int) -> bool:
-        return super().contains(level, row, col) and self._geometry().intersects(
-            self._box(level, TileRange(row, row, col, col))
-        )
+        if not super().contains(level, row, col):
+            return False
+        brow, bcol = row - row % PACKET_SIZE, col - col % PACKET_SIZE
+        return bool(self._bundle_states(level, brow, bcol)[0][row - brow, col - bcol])
 
     def tile_filter(self, level: int, brow: int, bcol: int) -> Callable[[int, int], bool]:
-        """With clipping, the tiles with a pixel centre inside (from the bundle's tile states,
-        without a geometry test per tile)."""
-        if not self._clip or self.bundle_coverage(level, brow, bcol) is Coverage.NONE:
-            return super().tile_filter(level, brow, bcol)
+        """From the bundle's tile states, without a geometry test per tile."""
+        coverage = self.bundle_coverage(level, brow, bcol)
+        if coverage is not Coverage.SOME:
+            return lambda row, col: coverage is Coverage.ALL
         states = self._bundle_states(level, brow, bcol)[0]
         return lambda row, col: bool(states[row - brow, col - bcol])
 
@@ -150,17 +155,18 @@ class PolygonSelection(ExtentSelection):
     def _bundle_states(self, level: int, brow: int, bcol: int
                        ) -> tuple[np.ndarray, PolygonRaster]:
         """The TileState values of a bundle's 128x128 tiles and the polygon's edges there;
-        each thread keeps its last bundle's (the filter and the clipper both ask)."""
+        each thread keeps the bundles it asked for last (the filter and the clipper of a
+        bundle both ask, the estimate asks tile by tile across a window)."""
         key = (level, brow, bcol)
-        last = getattr(self._prepared, "states", None)
-        if last is not None and last[0] == key:
-            return last[1]
-        extent = self._scheme.range_extent(level, bundle_range(brow, bcol))
-        band = self._raster.band(extent.ymin, extent.ymax)
-        states = band.tile_states(extent, (PACKET_SIZE, PACKET_SIZE),
-                                  (self._scheme.tile_cols, self._scheme.tile_rows))
-        self._prepared.states = (key, (states, band))
-        return states, band
+        cache = getattr(self._per_thread, "states", None)
+        if cache is None or (len(cache) >= STATES_KEPT and key not in cache):
+            cache = self._per_thread.states = {}
+        if key not in cache:
+            extent = self._scheme.range_extent(level, bundle_range(brow, bcol))
+            band = self._raster.band(extent.ymin, extent.ymax)
+            cache[key] = band.tile_states(extent, (PACKET_SIZE, PACKET_SIZE),
+                                          (self._scheme.tile_cols, self._scheme.tile_rows)), band
+        return cache[key]
 
 
 class TileState(enum.IntEnum):
@@ -174,14 +180,25 @@ class BundleClipper:
 
     def __init__(self, scheme: TilingScheme, level: int, brow: int, bcol: int,
                  states: np.ndarray, raster: PolygonRaster):
-        self._scheme, self._level, self._origin = scheme, level, (brow, bcol)
+        self._scheme, self._origin = scheme, (brow, bcol)
+        self._extent = scheme.range_extent(level, bundle_range(brow, bcol))  # as for states
         self._states, self._raster = states, raster
+
+    @property
+    def states(self) -> np.ndarray:
+        """(128, 128) TileState values of the bundle's tiles."""
+        return self._states
 
     def state(self, row: int, col: int) -> TileState:
         return TileState(self._states[row - self._origin[0], col - self._origin[1]])
 
     def mask(self, row: int, col: int) -> np.ndarray:
         """(rows, cols) bools: pixel centres inside the area of interest."""
-        scheme = self._scheme
-        return self._raster.mask(scheme.tile_extent(self._level, row, col), scheme.tile_cols,
-                                 scheme.tile_rows)
+        return self.masks(row, [col])[0]
+
+    def masks(self, row: int, cols: list[int]) -> np.ndarray:
+        """The masks of some tiles of one row, in one pass (see PolygonRaster.tile_masks)."""
+        scheme, (brow, bcol) = self._scheme, self._origin
+        return self._raster.tile_masks(
+            self._extent, (PACKET_SIZE, PACKET_SIZE), (scheme.tile_cols, scheme.tile_rows),
+            row - brow, [col - bcol for col in cols])

@@ -8,6 +8,7 @@ boundary tiles are clipped at pixel centres, exported tiles with transparency ar
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -24,6 +25,7 @@ from .tile_image import (
     is_png,
     may_be_transparent,
 )
+from .tiling_scheme import PACKET_SIZE
 
 # tile formats whose every tile is valid in another format without being looked at
 COPYABLE = {
@@ -53,14 +55,15 @@ class PixelOptions:
         return self.source_format == "JPEG"
 
 
-class Action(enum.Enum):
+class Action(enum.IntEnum):
+    NOTHING = -1  # the slot stays empty
     COPY_EXPORTED = 0
     COPY_EXISTING = 1
     REMOVE = 2  # the existing tile goes; nothing replaces it
     COMPUTE = 3  # decided when written (see BundleComposer.compute)
 
 
-Plan = list[tuple[int, int, Action]]
+CHECK_EVERY = 32  # computed tiles between checks for cancel
 
 
 class BundleComposer:
@@ -70,8 +73,8 @@ class BundleComposer:
                  clipper: Optional[BundleClipper], wanted: Callable[[int, int], bool]):
         self.options, self.source, self.existing = options, source, existing
         self.clipper, self.wanted = clipper, wanted
-        self._exported: set = set()
-        self._existing: set = set()
+        self._origin = (0, 0)
+        self._exported = self._existing = _grid([], self._origin)
 
     @staticmethod
     def needed(options: PixelOptions, clipper: Optional[BundleClipper], has_existing: bool
@@ -82,42 +85,68 @@ class BundleComposer:
         layered = has_existing and not options.source_opaque
         return clipper is not None or options.converts or layered
 
-    def plan(self, exported: set, existing: set) -> Plan:
-        """Every tile of the bundle in row-major order with what to do, before any pixel work."""
-        self._exported, self._existing = exported, existing
-        plan = []
-        for row, col in sorted(exported | existing):
-            action = self._action(row, col, (row, col) in exported, (row, col) in existing)
-            if action is not None:
-                plan.append((row, col, action))
-        return plan
-
-    def _action(self, row, col, exported: bool, existing: bool) -> Optional[Action]:
-        keep = Action.COPY_EXISTING if existing else None
-        if not self.wanted(row, col):
-            return keep
-        state = self.clipper.state(row, col) if self.clipper else TileState.INSIDE
-        if state is TileState.OUTSIDE:
-            return keep
-        if state is TileState.BOUNDARY:
-            return Action.COMPUTE if exported or (existing and self.options.overwrite) else keep
-        if not exported:
-            return Action.REMOVE if existing and self.options.overwrite else keep
+    def plan(self, origin: tuple[int, int], exported: list, existing: list) -> np.ndarray:
+        """(128, 128) Action codes, one per tile of the bundle whose first tile is `origin`,
+        decided for all tiles at once from the tiles present and before any pixel work."""
+        self._origin = origin
+        wanted = _grid([key for key in exported + existing if self.wanted(*key)], origin)
+        self._exported = exported_ = _grid(exported, origin) & wanted
+        self._existing = existing_ = _grid(existing, origin)
+        state = (self.clipper.states if self.clipper is not None
+                 else np.full(wanted.shape, TileState.INSIDE, np.int8))
+        overwrite = self.options.overwrite
+        actions = np.where(existing_, Action.COPY_EXISTING, Action.NOTHING).astype(np.int8)
+        boundary = wanted & (state == TileState.BOUNDARY)
+        actions[boundary & (exported_ | (existing_ & overwrite))] = Action.COMPUTE
+        inside = wanted & (state == TileState.INSIDE)
+        if overwrite:
+            actions[inside & ~exported_ & existing_] = Action.REMOVE
+        inside &= exported_
         if self.options.converts:
-            return Action.COMPUTE
-        if not existing or self.options.source_opaque:
-            return Action.COPY_EXPORTED
-        # MERGE draws it over the existing tile; OVERWRITE removes that tile if it is empty
-        return Action.COMPUTE
+            actions[inside] = Action.COMPUTE
+        else:
+            # MERGE draws a tile that may be transparent over the existing one; OVERWRITE
+            # removes that tile if the new one is empty
+            copied = inside & (~existing_ | self.options.source_opaque)
+            actions[copied] = Action.COPY_EXPORTED
+            actions[inside & ~copied] = Action.COMPUTE
+        return actions
 
-    def compute(self, row: int, col: int) -> tuple[Optional[bytes], bool]:
+    def precompute(self, keys: list[tuple[int, int]], budget: int,
+                   check: Callable[[], None]) -> dict:
+        """`compute` for `keys` (in row-major order) while the bytes held stay within `budget`;
+        the rest are left to be computed when written. Boundary masks are made a row at a
+        time."""
+        done, held = {}, 0
+        for row, group in itertools.groupby(keys, key=lambda key: key[0]):
+            cols = [col for _, col in group]
+            masks = self._row_masks(row, cols)
+            for col in cols:
+                if held > budget:
+                    return done
+                if len(done) % CHECK_EVERY == 0:
+                    check()
+                done[row, col] = self.compute(row, col, masks.get(col))
+                held += len(done[row, col][0] or b"")
+        return done
+
+    def _row_masks(self, row: int, cols: list[int]) -> dict[int, np.ndarray]:
+        if self.clipper is None:
+            return {}
+        cols = [col for col in cols if self.clipper.state(row, col) is TileState.BOUNDARY]
+        return dict(zip(cols, self.clipper.masks(row, cols))) if cols else {}
+
+    def compute(self, row: int, col: int, mask: Optional[np.ndarray] = None
+                ) -> tuple[Optional[bytes], bool]:
         """(bytes of the tile, or None when it ends up empty; whether they hold exported
-        pixels) for a COMPUTE tile."""
-        has_exported = (row, col) in self._exported
-        has_existing = (row, col) in self._existing
-        mask = None
-        if self.clipper is not None and self.clipper.state(row, col) is TileState.BOUNDARY:
+        pixels) for a COMPUTE tile; `mask`: its clipping mask when made already."""
+        slot = (row - self._origin[0], col - self._origin[1])
+        has_exported, has_existing = self._exported[slot], self._existing[slot]
+        if self.clipper is None or self.clipper.state(row, col) is not TileState.BOUNDARY:
+            mask = None
+        elif mask is None:
             mask = self.clipper.mask(row, col)
+        if mask is not None:
             if mask.all():
                 mask = None
             elif not mask.any():
@@ -169,3 +198,12 @@ class BundleComposer:
         if not options.converts or encoding.fits(data):
             return data
         return encoding.encode(decode(data))
+
+
+def _grid(keys: list[tuple[int, int]], origin: tuple[int, int]) -> np.ndarray:
+    """(128, 128) bools: the bundle's tiles among `keys`."""
+    grid = np.zeros((PACKET_SIZE, PACKET_SIZE), bool)
+    if keys:
+        rows, cols = np.array(keys, np.int64).T
+        grid[rows - origin[0], cols - origin[1]] = True
+    return grid
