@@ -664,6 +664,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--workers", default="1,-1",
                         help="NUM_OF_CACHING_SERVICE_INSTANCES settings, each a full set of "
                         "jobs (-1: the product's default, auto = 2 here)")
+    parser.add_argument("--jobs", default=",".join(JOBS),
+                        help="which of the jobs to run (the one-tile job always runs)")
     parser.add_argument("--profile", action="store_true",
                         help="only the in-process timings and cProfile of the engine")
     parser.add_argument("--no-pin", action="store_true",
@@ -671,6 +673,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "taken at the start")
     parser.add_argument("--results", type=Path, default=BENCH / "results.json")
     args = parser.parse_args(argv)
+    unknown = set(args.jobs.split(",")) - set(JOBS)
+    if unknown:
+        parser.error(f"unknown jobs {sorted(unknown)}; the jobs are {', '.join(JOBS)}")
     started = time.monotonic()
     git_before = hb.git_state()
     work = args.work.resolve()
@@ -706,7 +711,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = work / "out"
     out.mkdir(exist_ok=True)
     sequence = [(kind, workers, job) for kind in KINDS for workers in settings
-                for job in ("one", *JOBS)]
+                for job in ("one", *args.jobs.split(","))]
     one_per_round = math.ceil(3 / args.repeat)
     attempts: dict[str, list[dict]] = {}
     verified: dict[str, dict] = {}
