@@ -86,8 +86,8 @@ polygons become transparent (in JPEG tiles, which have no transparency, they tak
 colour; in a MIXED cache such tiles are written as PNG). Tiles left with no visible pixel are not
 written. Polygons crossing the antimeridian of a world cache (Web Mercator, WGS 84) work, also
 when given with longitudes beyond 180.</p>
-<p><b>Keep boundary tiles whole</b> (DISABLE_CLIPPING): export every tile the area of interest
-touches as it is, without clipping.</p>
+<p><b>Keep boundary tiles whole</b> (DISABLE_CLIPPING): export the same tiles (those with a
+pixel centre inside the area of interest) as they are, without clipping.</p>
 <p><b>Export extent</b> (EXPORT_EXTENT): a rectangle in any CRS (without a CRS, the cache's own
 CRS is assumed); tiles that overlap it are exported.</p>
 <p><b>Overwrite</b> (OVERWRITE): when the target already holds a cache of the same name with the
