@@ -1,4 +1,5 @@
-"""Which tiles an export takes: everything, an extent, or the tiles a polygon touches."""
+"""Which tiles an export takes: everything, an extent, or the tiles with a pixel centre inside a
+polygon."""
 from __future__ import annotations
 
 import enum
