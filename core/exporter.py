@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -338,22 +339,12 @@ class Exporter:
         if all(hasattr(reader, "locate") for _, _, reader in tiles):
             sizes = [reader.locate(row, col)[1] for row, col, reader in tiles]
         writer = target.writer(level, brow, bcol, sum(sizes) + 4 * len(sizes) if sizes else None)
-        try:
+        with _writing(writer, result):
             if isinstance(writer, ExplodedBlockWriter):
                 for key in removed:
                     writer.remove(*key)
-            if sizes is not None and hasattr(writer, "add_records"):
-                self._copy_runs(tiles, writer)
-                result.bytes = sum(
-                    size for (_, _, reader), size in zip(tiles, sizes) if reader is source)
-            else:
-                result.bytes = self._copy_tiles(tiles, writer, source)
+            result.bytes = self._copy(tiles, sizes, writer, source)
             writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        result.touched = True
-        result.removals = getattr(writer, "deferred_removals", [])
         return result
 
     def _compose_bundle(self, target, level, brow, bcol, composer: BundleComposer
@@ -383,20 +374,15 @@ class Exporter:
             return result
         writer = target.writer(level, brow, bcol, payload)
         written: list[tuple[int, int]] = []
-        try:
+        with _writing(writer, result):
             for action, keys, sizes in segments:
                 self._check_stop()
                 if action in (Action.COPY_EXPORTED, Action.COPY_EXISTING):
                     reader = source if action is Action.COPY_EXPORTED else old
                     tiles = [(row, col, reader) for row, col in keys]
-                    if sizes is not None and hasattr(writer, "add_records"):
-                        self._copy_runs(tiles, writer)
-                        copied = sum(sizes)
-                    else:
-                        copied = self._copy_tiles(tiles, writer, source)
+                    result.bytes += self._copy(tiles, sizes, writer, source)
                     if reader is source:
                         written.extend(keys)
-                        result.bytes += copied
                     continue
                 for number, (row, col) in enumerate(keys):
                     if number % CANCEL_CHECK_EVERY == 0:
@@ -417,14 +403,18 @@ class Exporter:
                 writer.abort()  # every tile removed: the package gets no such bundle
             else:
                 writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        result.touched = True
-        result.removals = getattr(writer, "deferred_removals", [])
         result.tiles = len(written)
         result.tile_range = _bounds(written)
         return result
+
+    def _copy(self, tiles: list, sizes: Optional[list[int]], writer, source) -> int:
+        """(row, col, reader) tiles copied in order: as record runs where their `sizes` are
+        known from the indexes and the writer takes records, else one by one; returns the
+        bytes taken from `source`."""
+        if sizes is None or not hasattr(writer, "add_records"):
+            return self._copy_tiles(tiles, writer, source)
+        self._copy_runs(tiles, writer)
+        return sum(size for (_, _, reader), size in zip(tiles, sizes) if reader is source)
 
     def _copy_runs(self, tiles: list, writer) -> None:
         """Compact to compact: (row, col, reader) tiles copied as record runs, in order."""
@@ -442,6 +432,18 @@ class Exporter:
             exported += len(data) if reader is source else 0
             writer.add(row, col, data)
         return exported
+
+
+@contextmanager
+def _writing(writer, result: _TaskResult):
+    """A bundle written through `writer`: aborted on any error, else recorded in `result`."""
+    try:
+        yield writer
+    except BaseException:
+        writer.abort()
+        raise
+    result.touched = True
+    result.removals = getattr(writer, "deferred_removals", [])
 
 
 Segment = tuple[Action, list[tuple[int, int]], Optional[list[int]]]

@@ -6,7 +6,7 @@ tiles up is caught by comparing bytes or pixels.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Optional
 
@@ -66,10 +66,13 @@ def write_cache(
     tiles: dict[int, TileRange],
     fmt: Optional[str] = None,
     skip: Iterable[tuple[int, int, int]] = (),
+    make: Optional[Callable[[int, int, int], bytes]] = None,
 ) -> dict[tuple[int, int, int], bytes]:
     """Write a cache dataset (conf.xml, conf.cdi, _alllayers) holding every tile of the given
-    ranges except `skip`; return {(level, row, col): bytes}."""
+    ranges except `skip`, drawn by `make(level, row, col)` (default: `tile_image` in `fmt`);
+    return {(level, row, col): bytes}."""
     fmt = fmt or ("JPEG" if scheme.tile_format == "JPEG" else "PNG")
+    make = make or (lambda level, row, col: tile_image(level, row, col, fmt, scheme.tile_cols))
     skipped = set(skip)
     written: dict[tuple[int, int, int], bytes] = {}
     layers_dir = Path(layers_dir)
@@ -83,7 +86,7 @@ def write_cache(
                 for col in cols:
                     if (level, row, col) in skipped:
                         continue
-                    data = tile_image(level, row, col, fmt, scheme.tile_cols)
+                    data = make(level, row, col)
                     writer.add(row, col, data)
                     written[(level, row, col)] = data
             writer.commit()

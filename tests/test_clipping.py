@@ -19,7 +19,7 @@ import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -32,17 +32,12 @@ from cache_factory import (  # noqa: E402
     ORIGIN,
     read_all_tiles,
     web_mercator_scheme,
+    write_cache,
 )
 from independent_readers import gdal_tile  # noqa: E402
 from test_algorithm import KINDS, run_export  # noqa: E402
 
-from export_map_server_cache.core.cache_storage import open_writer  # noqa: E402
-from export_map_server_cache.core.conf_xml import write_conf_cdi, write_conf_xml  # noqa: E402
-from export_map_server_cache.core.tiling_scheme import (  # noqa: E402
-    PACKET_SIZE,
-    TileRange,
-    TilingScheme,
-)
+from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("plugin_provider")
 
@@ -91,37 +86,12 @@ def encode(pixels: np.ndarray, fmt: str) -> bytes:
     return out.getvalue()
 
 
-def write_tiles(layers: Path, scheme: TilingScheme, ranges: dict[int, TileRange],
-                make: Callable[[int, int, int], bytes]) -> dict[Key, bytes]:
-    """A cache dataset (conf.xml, conf.cdi, _alllayers) of the tiles `make` draws."""
-    written: dict[Key, bytes] = {}
-    alllayers = layers / "_alllayers"
-    for level, window in ranges.items():
-        for brow, bcol in window.bundles():
-            writer = open_writer(scheme.storage_format, alllayers, level, brow, bcol, "spec")
-            for row in range(max(brow, window.row_min),
-                             min(brow + PACKET_SIZE, window.row_max + 1)):
-                for col in range(max(bcol, window.col_min),
-                                 min(bcol + PACKET_SIZE, window.col_max + 1)):
-                    data = make(level, row, col)
-                    writer.add(row, col, data)
-                    written[(level, row, col)] = data
-            writer.commit()
-    extent = None
-    for level, window in ranges.items():
-        extent = scheme.range_extent(level, window).union(extent)
-    layers.mkdir(parents=True, exist_ok=True)
-    (layers / "conf.xml").write_bytes(write_conf_xml(scheme))
-    (layers / "conf.cdi").write_bytes(write_conf_cdi(extent, scheme.spatial_reference))
-    return written
-
-
 @pytest.fixture(scope="module")
 def opaque_cache(tmp_path_factory) -> tuple[Path, dict[Key, bytes]]:
     """`opaque`: PNG (RGB, no alpha) V2 cache, 384 tiles at levels 3-5."""
     folder = tmp_path_factory.mktemp("opaque") / "opaque"
-    tiles = write_tiles(folder / "Layers", web_mercator_scheme(6), OPAQUE_RANGES,
-                        lambda *key: encode(pattern(*key), "PNG"))
+    tiles = write_cache(folder / "Layers", web_mercator_scheme(6), OPAQUE_RANGES,
+                        make=lambda *key: encode(pattern(*key), "PNG"))
     return folder, tiles
 
 
@@ -129,8 +99,8 @@ def opaque_cache(tmp_path_factory) -> tuple[Path, dict[Key, bytes]]:
 def jpeg_cache(tmp_path_factory) -> tuple[Path, dict[Key, bytes]]:
     """`jpegs`: JPEG V2 cache (quality 75 in conf.xml), 80 tiles at levels 3-4."""
     folder = tmp_path_factory.mktemp("jpeg") / "jpegs"
-    tiles = write_tiles(folder / "Layers", web_mercator_scheme(6, tile_format="JPEG"),
-                        REGIONAL_RANGES, lambda *key: encode(smooth(*key), "JPEG"))
+    tiles = write_cache(folder / "Layers", web_mercator_scheme(6, tile_format="JPEG"),
+                        REGIONAL_RANGES, make=lambda *key: encode(smooth(*key), "JPEG"))
     return folder, tiles
 
 
@@ -139,10 +109,10 @@ def mixed_cache(tmp_path_factory) -> tuple[Path, dict[Key, bytes]]:
     """`mixed`: MIXED V2 cache, JPEG and (opaque) PNG tiles in a checkerboard."""
     folder = tmp_path_factory.mktemp("mixed") / "mixed"
     scheme = replace(web_mercator_scheme(6, tile_format="MIXED"), compression_quality=75)
-    tiles = write_tiles(
+    tiles = write_cache(
         folder / "Layers", scheme, REGIONAL_RANGES,
-        lambda level, row, col: encode(pattern(level, row, col),
-                                       "JPEG" if (row + col) % 2 == 0 else "PNG"))
+        make=lambda level, row, col: encode(pattern(level, row, col),
+                                            "JPEG" if (row + col) % 2 == 0 else "PNG"))
     return folder, tiles
 
 
@@ -320,22 +290,33 @@ class Tally:
     masks: Optional[dict] = field(default=None, repr=False)  # key -> mask read from the output
 
 
+def check_no_extra(out: dict[Key, bytes], source: dict[Key, bytes]) -> None:
+    extra = sorted(set(out) - set(source))
+    assert not extra, f"tiles the source lacks were written: {extra[:5]}"
+
+
+def check_selected(key: Key, tile: Optional[bytes], data: bytes, mask: np.ndarray,
+                   band: np.ndarray) -> None:
+    """What any AOI output holds for one tile, by GDAL's mask (its one-pixel edge band aside):
+    nothing where no pixel centre is inside, the source's bytes where every one is."""
+    if not mask.any() and not band.any():
+        assert tile is None, f"{key}: no pixel centre inside the AOI, yet exported"
+    if mask.all() and not band.any():
+        assert tile == data, f"{key}: wholly inside the AOI, not the source's bytes"
+
+
 def check_alpha_output(out: dict[Key, bytes], source: dict[Key, bytes], gdal_masks: GdalMasks,
                        boundary_png: bool = False) -> Tally:
     """The output is the source clipped to GDAL's masks, pixel by pixel: inside pixels keep the
     source's RGBA, outside pixels are (0, 0, 0, 0), a tile without a visible pixel is absent, a
     tile that keeps every pixel is the source's bytes. Disagreements with GDAL only in the band.
     """
-    extra = sorted(set(out) - set(source))
-    assert not extra, f"tiles the source lacks were written: {extra[:5]}"
+    check_no_extra(out, source)
     tally = Tally(masks={})
     for key, data in sorted(source.items()):
         mask, band = gdal_masks.tile(key)
         tile = out.get(key)
-        if not mask.any() and not band.any():
-            assert tile is None, f"{key}: no pixel centre inside the AOI, yet exported"
-        if mask.all() and not band.any():
-            assert tile == data, f"{key}: wholly inside the AOI, not the source's bytes"
+        check_selected(key, tile, data, mask, band)
         if tile is None:
             got = np.zeros((SIZE, SIZE), bool)
         else:
@@ -368,17 +349,13 @@ def check_flattened_jpeg(out: dict[Key, bytes], source: dict[Key, bytes],
     """JPEG output without alpha: source pixels inside, `background` outside, within a JPEG
     tolerance: pixels within 16 px of an edge (a 4:2:0 JPEG's chroma block) only count toward
     the mean error."""
-    extra = sorted(set(out) - set(source))
-    assert not extra, f"tiles the source lacks were written: {extra[:5]}"
+    check_no_extra(out, source)
     colour = np.array(background, np.int16)
     tally = Tally()
     for key, data in sorted(source.items()):
         mask, band = gdal_masks.tile(key)
         tile = out.get(key)
-        if not mask.any() and not band.any():
-            assert tile is None, f"{key}: no pixel centre inside the AOI, yet exported"
-        if mask.all() and not band.any():
-            assert tile == data, f"{key}: wholly inside the AOI, not the source's bytes"
+        check_selected(key, tile, data, mask, band)
         if (mask & ~band).any():
             assert tile is not None, f"{key}: pixels inside the AOI, yet not exported"
         tally.band_pixels += int(band.sum())
@@ -655,12 +632,12 @@ def test_disable_clipping_keeps_boundary_tiles_whole(opaque_cache, tmp_path):
     aoi = write_layer(tmp_path / "star.gpkg", 3857, [polygon(STAR)])
     _, out = export(folder, tmp_path / "out", aoi, DISABLE_CLIPPING=True)
     gdal_masks = masks_for([to_mercator(polygon(STAR), 3857)], source)
-    for key in source:
+    check_no_extra(out, source)
+    for key, data in source.items():
         mask, band = gdal_masks.tile(key)
+        check_selected(key, out.get(key), data, mask, band)
         if (mask & ~band).any():  # a centre inside beyond GDAL's one-pixel edge band
             assert key in out, f"{key} has pixel centres inside the star but was not exported"
-        elif key in out:
-            assert (mask | band).any(), f"{key} was exported without a pixel centre inside"
     assert all(out[k] == source[k] for k in out)
     # boundary tiles among them, kept whole
     assert len([k for k in out if not gdal_masks.tile(k)[0].all()]) >= 20
