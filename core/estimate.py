@@ -119,7 +119,7 @@ def _service_level(source: CacheSource, level: int, selection: Selection, area: 
     samples: list[tuple[int, int]] = []
     for _, brow, bcol in plan_bundles(source, [level], selection):
         keys = layout.wanted_tiles(level, brow, bcol, selection.tile_filter(level, brow, bcol))
-        keys = layout.present(level, keys)
+        keys = layout.present(level, keys, keep=True)
         candidates += len(keys)
         if keys and len(samples) < MAX_SAMPLE_POOL:
             samples.extend(keys[len(keys) // (2 * SAMPLES_PER_LEVEL)::

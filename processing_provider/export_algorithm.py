@@ -24,7 +24,6 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor, QIcon
 
-from ..core.aoi_geometry import world_span
 from ..core.cache_source import CacheSource, open_cache
 from ..core.errors import CacheError, ExportCanceled
 from ..core.estimate import area_tile_count, estimate, format_size
@@ -487,7 +486,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
                     "used and the extent ignored.")
             clip = not self.parameterAsBool(parameters, self.DISABLE_CLIPPING, context)
             polygon = aoi_wkb(source, crs, context, scheme.spatial_reference,
-                              world_span(scheme) is not None)
+                              scheme.world_span() is not None)
             return PolygonSelection(scheme, polygon, clip)
         rect = self.parameterAsExtent(parameters, self.EXPORT_EXTENT, context, crs)
         if rect.isNull() or rect.isEmpty():
