@@ -191,7 +191,8 @@ def _bind_import(scan: ModuleScan, node, bindings: dict[str, Binding]) -> None:
     if isinstance(node, ast.Import):
         for alias in node.names:
             if alias.name == "processing" or alias.name.startswith("processing."):
-                bindings[alias.asname or "processing"] = Binding("qgis", "processing")
+                bindings[alias.asname or "processing"] = Binding(
+                    "qgis", alias.name if alias.asname else "processing")
         return
     if node.level or node.module is None:
         return
