@@ -34,6 +34,7 @@ from ..core.service_source import open_service
 from ..core.service_url import is_service_url
 from ..core.tiling_scheme import StorageFormat
 from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON
+from .engine_log import engine_log_to
 from .input_layers import resolve_input
 from .qgis_network import QgisTransport
 from .qgis_values import aoi_wkb, cache_crs, lonlat_extent, to_extent
@@ -268,7 +269,8 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):
         try:
-            return self._export(parameters, context, feedback)
+            with engine_log_to(feedback):
+                return self._export(parameters, context, feedback)
         except ExportCanceled as exc:
             raise QgsProcessingException(str(exc)) from None
         except CacheError as exc:

@@ -147,14 +147,14 @@ def test_estimate_counts_tiles_inside_the_grid(serve, world, tmp_path, tilemap):
         area = re.search(r"\((\d+) tiles in the export area\)", line)
         assert area and int(area.group(1)) == 4**level, line
         count = int(re.match(rf"Level {level}: (\d+) tiles", line).group(1))
-        if tilemap or level < 2:
+        if tilemap or level < 4:  # counted, or every tile sampled (64 samples a level)
             assert count == per_level[level], line
-        else:  # extrapolated from samples, never more than the grid holds
-            assert count <= 4**level, line
+        else:  # extrapolated from 64 samples: 6 in 7 tiles exist
+            assert abs(count - per_level[level]) <= 0.15 * 4**level, line
     assert "Level 0: 1 tiles" in recorder.text
     total = int(re.search(r"Total: (\d+) tiles", recorder.text).group(1))
     assert total == result["TILE_COUNT"]
-    assert total == len(tiles) if tilemap else total <= sum(4**z for z in LEVELS)
+    assert total == len(tiles) if tilemap else abs(total - len(tiles)) <= 0.15 * len(tiles)
 
 
 def test_progress_counts_the_tiles_that_exist(serve, world, tmp_path):

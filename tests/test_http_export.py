@@ -244,12 +244,16 @@ def test_tilemap_skips_absent_tiles(serve, sparse_cache, tmp_path):
 def test_a_broken_tilemap_gives_way_to_tile_requests(serve, tmp_path):
     server = serve({"world": SAMPLE}, fault="html", fault_fraction=1.0, fault_attempts=3,
                    fault_tilemap=True)
+    recorder = Recorder()
     run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-1",
-                "TARGET_CACHE_PATH": str(tmp_path / "out")})
+                "TARGET_CACHE_PATH": str(tmp_path / "out")}, recorder.feedback)
     assert read_all_tiles(tmp_path / "out" / "world" / "Layers") == {
         k: v for k, v in read_all_tiles(SAMPLE).items() if k[0] <= 1}
     tilemaps = [e for e in server.log.entries() if e.kind == "tilemap"]
     assert len(tilemaps) == 3  # three attempts, then plain tile requests for good
+    assert recorder.text.count("The service's tilemap is unusable") == 1, recorder.text
+    # every tile of the grid asked for (each faulty three times first), none beyond it
+    assert set(tile_requests(server)) == {k for k in read_all_tiles(SAMPLE) if k[0] <= 1}
 
 
 def test_blank_tiles_are_not_written(serve, sparse_cache, tmp_path):
@@ -450,7 +454,8 @@ def test_estimate_only_writes_nothing_and_matches_the_export(serve, sparse_cache
                            feedback.feedback)
     assert not (tmp_path / "e").exists() or snapshot(tmp_path / "e") == {}
     asked = Counter(e.kind for e in server.log.entries())
-    assert asked["tile"] <= 6 * 5  # at most 6 samples a level, no tile downloads
+    # samples only, no tile downloads: 6 a level for sizes, 64 where they also count
+    assert asked["tile"] <= (6 * 5 if tilemap else 1 + 4 + 16 + 64)
     exported = run_export({"INPUT_SERVICE": server.service_url("sparse"), "LEVELS": levels,
                            "TARGET_CACHE_PATH": str(tmp_path / "out")})
     assert exported["TILE_COUNT"] == len(expected)
@@ -460,7 +465,9 @@ def test_estimate_only_writes_nothing_and_matches_the_export(serve, sparse_cache
         assert "(65536 tiles in the export area)" in feedback.text
     else:  # extrapolated from samples: 3 holes in 85 tiles
         assert abs(estimated["TILE_COUNT"] - len(expected)) <= 0.2 * len(expected)
-        assert "estimated from samples" in feedback.text
+        # all 64 tiles of level 3 sampled: 61 exist
+        assert ("Level 3: 61 tiles (estimated: 61 of 64 sampled tiles exist; 64 tiles to ask "
+                "for)") in feedback.text
     assert 0.5 * exported["BYTE_COUNT"] <= estimated["BYTE_COUNT"] <= 2 * exported["BYTE_COUNT"]
     assert "Level 3: " in feedback.text and "nothing was written" in feedback.text
 
