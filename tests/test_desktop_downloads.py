@@ -104,14 +104,13 @@ def test_the_desktop_downloads_as_fast_as_processing_run(serve, sparse_world, tm
 
             server.log.clear()
             feedback = RecordingFeedback.create()
-            ok, _, _, turns, _ = run_task(
+            ok, _, _, _, _ = run_task(
                 {**params, "TARGET_CACHE_PATH": str(tmp_path / f"desktop{attempt}")}, feedback,
                 timeout=300)
             assert ok, "\n".join(feedback.infos + feedback.errors)
             requests, rate = _rate(server)
             assert requests == sum(4**z for z in range(7))
             rates["desktop"].append(rate)
-            assert turns > 100  # the main thread kept turning its event loop
     finally:
         logger.close()
         viewer.close()
