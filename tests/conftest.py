@@ -9,6 +9,8 @@
 * ``run_qgis_process``: run ``qgis_process.bin`` headless with a throw-away profile in which the
   plugin (from ``build/plugins``) is enabled.
 * ``fixtures_dir``: the Esri-written reference caches in ``../shared/fixtures/esri-written``.
+* ``message_log``: the QGIS message log during one test (tests/recording.py).
+* ``make_authcfg``: QGIS authentication configurations stored for one test.
 """
 
 from __future__ import annotations
@@ -177,3 +179,38 @@ def dialog_iface(qgis_iface):
         model = QgsBrowserGuiModel()
         qgis_iface.browserModel = lambda: model
     return qgis_iface
+
+
+@pytest.fixture
+def message_log():
+    """The QGIS message log's messages during the test (tests/recording.py)."""
+    from recording import MessageLogRecorder
+
+    recorder = MessageLogRecorder()
+    yield recorder
+    recorder.close()
+
+
+@pytest.fixture
+def make_authcfg():
+    """make_authcfg(method, **config) -> the id of a QGIS authentication configuration (e.g.
+    "Basic" with username and password, "EsriToken" with token), removed after the test."""
+    from qgis.core import QgsApplication, QgsAuthMethodConfig
+
+    manager = QgsApplication.authManager()
+    if not manager.masterPasswordIsSet():
+        assert manager.setMasterPassword("throw-away-profile", True)
+    made = []
+
+    def make(method: str, **config) -> str:
+        auth = QgsAuthMethodConfig(method)
+        auth.setName(f"loopback {method}")
+        for key, value in config.items():
+            auth.setConfig(key, value)
+        assert manager.storeAuthenticationConfig(auth)[0], method
+        made.append(auth.id())
+        return auth.id()
+
+    yield make
+    for config_id in made:
+        manager.removeAuthenticationConfig(config_id)

@@ -26,6 +26,7 @@ from cache_factory import (  # noqa: E402
     web_mercator_scheme,
     write_cache,
 )
+from recording import recording_feedback  # noqa: E402
 
 from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
 
@@ -152,35 +153,6 @@ def make_cache(root: Path, name: str, tiles: dict[int, TileRange], fmt: Optional
     written = write_cache(folder / "Layers", web_mercator_scheme(levels, tile_size=tile_size),
                           tiles, fmt=fmt, skip=skip)
     return folder, written
-
-
-class RecordingFeedback:
-    """Factory for a QgsProcessingFeedback that keeps warnings and errors (QGIS imported late)."""
-
-    @staticmethod
-    def create():
-        from qgis.core import QgsProcessingFeedback
-
-        class _Feedback(QgsProcessingFeedback):
-            def __init__(self):
-                super().__init__()
-                self.warnings: list[str] = []
-                self.errors: list[str] = []
-                self.infos: list[str] = []
-
-            def pushWarning(self, warning):  # noqa: N802 - QGIS API
-                self.warnings.append(warning)
-                super().pushWarning(warning)
-
-            def reportError(self, error, fatalError=False):  # noqa: N802, N803 - QGIS API
-                self.errors.append(error)
-                super().reportError(error, fatalError)
-
-            def pushInfo(self, info):  # noqa: N802 - QGIS API
-                self.infos.append(info)
-                super().pushInfo(info)
-
-        return _Feedback()
 
 
 # --- shared synthetic caches ----------------------------------------------------------------
@@ -381,7 +353,7 @@ def test_point_layer_as_area_of_interest_is_an_error(world_cache, tmp_path):
 def test_area_of_interest_wins_over_extent_with_a_warning(world_cache, tmp_path):
     folder, source = world_cache
     aoi = write_vector(tmp_path / "aoi.geojson", "GeoJSON", [l_shape_wkt()])
-    feedback = RecordingFeedback.create()
+    feedback = recording_feedback()
     result = run_export({"INPUT_SERVICE": str(folder), "TARGET_CACHE_PATH": str(tmp_path / "o"),
                          "AREA_OF_INTEREST": str(aoi), "DISABLE_CLIPPING": True,
                          "EXPORT_EXTENT": "100,170,-40,-10 [EPSG:4326]"}, feedback=feedback)

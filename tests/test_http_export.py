@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from cache_factory import read_all_tiles, snapshot, web_mercator_scheme, write_cache  # noqa: E402
 from http_helpers import rest_server_module  # noqa: E402
+from recording import recording_feedback  # noqa: E402
 
 from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
 
@@ -34,30 +35,6 @@ FIXTURES = {
 }
 KINDS = {"dataset-v1": (0, 0), "dataset-v2": (0, 1), "dataset-exploded": (0, 2), "tpk": (1, 0),
          "tpkx": (1, 1)}
-
-
-class Recorder:
-    """A Processing feedback that keeps every message, to check what a user gets to read."""
-
-    def __init__(self):
-        from qgis.core import QgsProcessingFeedback
-
-        class _Feedback(QgsProcessingFeedback):
-            def pushInfo(inner, text):  # noqa: N805
-                self.lines.append(text)
-
-            def pushWarning(inner, text):  # noqa: N805
-                self.lines.append(text)
-
-            def reportError(inner, text, fatalError=False):  # noqa: N805, N803
-                self.lines.append(text)
-
-        self.lines: list[str] = []
-        self.feedback = _Feedback()
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 def run_export(params: dict, feedback=None) -> dict:
@@ -262,9 +239,9 @@ def retry_gaps(server) -> list[tuple[float, float]]:
 def test_429_with_retry_after_is_honoured(serve, tmp_path):
     server = serve({"world": SAMPLE}, fault="429", fault_fraction=0.2, fault_attempts=1,
                    retry_after=1.0)
-    feedback = Recorder()
+    feedback = recording_feedback()
     run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-3",
-                "TARGET_CACHE_PATH": str(tmp_path / "out")}, feedback.feedback)
+                "TARGET_CACHE_PATH": str(tmp_path / "out")}, feedback)
     run_export({"INPUT_SERVICE": str(SAMPLE), "LEVELS": "0-3",
                 "TARGET_CACHE_PATH": str(tmp_path / "local")})
     assert read_all_tiles(tmp_path / "out" / "world" / "Layers") == read_all_tiles(
@@ -421,10 +398,10 @@ def test_estimate_only_writes_nothing_and_matches_the_export(serve, sparse_cache
     server = serve({"sparse": cache}, tilemap=tilemap)
     levels = "0-3,8" if tilemap else "0-3"  # without a tilemap, level 8 means 65536 requests
     expected = [k for k in tiles if k[0] <= 3 or tilemap]
-    feedback = Recorder()
+    feedback = recording_feedback()
     estimated = run_export({"INPUT_SERVICE": server.service_url("sparse"), "LEVELS": levels,
                             "ESTIMATE_ONLY": True, "TARGET_CACHE_PATH": str(tmp_path / "e")},
-                           feedback.feedback)
+                           feedback)
     assert not (tmp_path / "e").exists() or snapshot(tmp_path / "e") == {}
     asked = Counter(e.kind for e in server.log.entries())
     assert asked["tile"] <= 6 * 5  # at most 6 samples a level, no tile downloads
@@ -525,34 +502,6 @@ def test_not_a_service_url(tmp_path):
 SECRET = "tok-3f9a1c7e5b"
 
 
-def test_token_is_sent_as_a_header_and_never_shown(serve, tmp_path):
-    server = serve({"world": SAMPLE}, token=SECRET)
-    feedback = Recorder()
-    result = run_export({"INPUT_SERVICE": server.service_url("world"), "TOKEN": SECRET,
-                         "LEVELS": "0-2", "TARGET_CACHE_PATH": str(tmp_path / "out"),
-                         "EXPORT_CACHE_TYPE": 1}, feedback.feedback)
-    assert result["TILE_COUNT"] == 21
-    entries = server.log.entries()
-    assert {e.headers.get("x-esri-authorization", "").strip() for e in entries} == {
-        f"Bearer {SECRET}"}
-    assert not any("token" in {k.lower() for k in e.query} for e in entries)
-    assert SECRET not in feedback.text and SECRET not in repr(result)
-    for data in comparable(Path(result["OUTPUT_CACHE_PATH"])).values():
-        assert SECRET.encode() not in data
-
-
-def test_token_in_the_url_is_moved_to_the_header(serve, tmp_path):
-    server = serve({"world": SAMPLE}, token=SECRET)
-    feedback = Recorder()
-    run_export({"INPUT_SERVICE": server.service_url("world") + f"?f=json&token={SECRET}",
-                "LEVELS": "0-1", "TARGET_CACHE_PATH": str(tmp_path / "out")}, feedback.feedback)
-    entries = server.log.entries()
-    assert all(e.headers.get("x-esri-authorization", "").strip() == f"Bearer {SECRET}"
-               for e in entries)
-    assert not any("token" in {k.lower() for k in e.query} for e in entries)
-    assert SECRET not in feedback.text
-
-
 def test_missing_or_wrong_token(serve, tmp_path):
     server = serve({"world": SAMPLE}, token=SECRET)
     message = export_error({"INPUT_SERVICE": server.service_url("world"),
@@ -561,38 +510,16 @@ def test_missing_or_wrong_token(serve, tmp_path):
     message = export_error({"INPUT_SERVICE": server.service_url("world"), "TOKEN": "wrong-1",
                             "TARGET_CACHE_PATH": str(tmp_path / "out")})
     assert "refused access (498" in message and "wrong-1" not in message
+    message = export_error({"INPUT_SERVICE": server.service_url("world"),
+                            "TOKEN": "env:NOT_SET_ANYWHERE_42",
+                            "TARGET_CACHE_PATH": str(tmp_path / "x")})
+    assert "NOT_SET_ANYWHERE_42" in message and "not set" in message
 
 
-def test_token_is_masked_in_the_processing_log(serve):
-    from qgis.core import QgsApplication, QgsProcessingContext
-
-    algorithm = QgsApplication.processingRegistry().algorithmById(ALG)
-    context = QgsProcessingContext()
-    shown = algorithm.parameterDefinition("TOKEN").valueAsPythonString(SECRET, context)
-    assert SECRET not in shown
-    command = algorithm.asPythonCommand({"INPUT_SERVICE": "x", "TOKEN": SECRET}, context)
-    assert SECRET not in command and "TOKEN" in command
-
-
-@pytest.fixture
-def basic_authcfg():
-    from qgis.core import QgsApplication, QgsAuthMethodConfig
-
-    manager = QgsApplication.authManager()
-    if not manager.masterPasswordIsSet():
-        assert manager.setMasterPassword("throw-away-profile", True)
-    config = QgsAuthMethodConfig("Basic")
-    config.setName("loopback basic")
-    config.setConfig("username", "gisuser")
-    config.setConfig("password", "s3cret pass")
-    assert manager.storeAuthenticationConfig(config)[0]
-    yield config.id()
-    manager.removeAuthenticationConfig(config.id())
-
-
-def test_basic_auth_through_an_authcfg(serve, tmp_path, basic_authcfg):
+def test_basic_auth_through_an_authcfg(serve, tmp_path, make_authcfg):
     server = serve({"world": SAMPLE}, basic_auth=("gisuser", "s3cret pass"))
-    result = run_export({"INPUT_SERVICE": server.service_url("world"), "AUTHCFG": basic_authcfg,
+    authcfg = make_authcfg("Basic", username="gisuser", password="s3cret pass")
+    result = run_export({"INPUT_SERVICE": server.service_url("world"), "AUTHCFG": authcfg,
                          "LEVELS": "0-2", "TARGET_CACHE_PATH": str(tmp_path / "out")})
     assert result["TILE_COUNT"] == 21
     assert all(e.status != 401 for e in server.log.entries())
@@ -638,34 +565,6 @@ def test_an_xyz_layer_that_is_not_arcgis(tmp_path):
     finally:
         QgsProject.instance().removeMapLayer(layer.id())
     assert "does not come from an ArcGIS REST tile service" in message
-
-
-@pytest.fixture
-def token_in_env(monkeypatch):
-    """Set before run_qgis_process copies the environment."""
-    monkeypatch.setenv("EXPORT_TEST_TOKEN", SECRET)
-
-
-def test_qgis_process_over_http(serve, tmp_path, token_in_env, run_qgis_process):
-    """TOKEN=env:NAME keeps the token off the command line, which qgis_process echoes."""
-    import json
-
-    server = serve({"world": SAMPLE}, token=SECRET)
-    done = run_qgis_process(["--json", "run", ALG, "--",
-                             f"INPUT_SERVICE={server.service_url('world')}",
-                             f"TARGET_CACHE_PATH={tmp_path / 'out'}", "LEVELS=0-2",
-                             "EXPORT_CACHE_TYPE=1", "TOKEN=env:EXPORT_TEST_TOKEN"])
-    assert done.returncode == 0, done.stderr
-    results = json.loads(done.stdout)["results"]
-    assert results["TILE_COUNT"] == 21
-    assert Path(results["OUTPUT_CACHE_PATH"]).is_file()
-    assert SECRET not in done.stdout + done.stderr
-    assert {e.headers.get("x-esri-authorization", "").strip() for e in server.log.entries()} == {
-        f"Bearer {SECRET}"}
-    message = export_error({"INPUT_SERVICE": server.service_url("world"),
-                            "TOKEN": "env:NOT_SET_ANYWHERE_42",
-                            "TARGET_CACHE_PATH": str(tmp_path / "x")})
-    assert "NOT_SET_ANYWHERE_42" in message and "not set" in message
 
 
 def test_tiles_do_not_go_into_the_users_network_cache(serve, tmp_path):
