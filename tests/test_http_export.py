@@ -33,6 +33,7 @@ FIXTURES = {
     "server-v1-folder": "arcgis-server-10.1-compact-v1",
     "sample-v2-folder": "esri-sample-compact-v2",
 }
+MAX_WORKERS = 8  # concurrent requests to a service by default (README)
 KINDS = {"dataset-v1": (0, 0), "dataset-v2": (0, 1), "dataset-exploded": (0, 2), "tpk": (1, 0),
          "tpkx": (1, 1)}
 
@@ -237,8 +238,12 @@ def retry_gaps(server) -> list[tuple[float, float]]:
 
 
 def test_429_with_retry_after_is_honoured(serve, tmp_path):
+    """A 429's Retry-After holds back the tile and every worker: judged from the server's log
+    by counts, with requests that last 0.2 s, so a worker sends at most one request while the
+    client takes in the 429 (however slow a busy machine makes that), where without the pause
+    the seven others would send some 30 in the second."""
     server = serve({"world": SAMPLE}, fault="429", fault_fraction=0.2, fault_attempts=1,
-                   retry_after=1.0)
+                   retry_after=1.0, latency=0.2)
     feedback = recording_feedback()
     run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-3",
                 "TARGET_CACHE_PATH": str(tmp_path / "out")}, feedback)
@@ -248,13 +253,12 @@ def test_429_with_retry_after_is_honoured(serve, tmp_path):
         tmp_path / "local" / "world_map" / "Layers")
     gaps = [gap for gap, status in retry_gaps(server) if status == 429]
     assert gaps and min(gaps) >= 0.95, gaps
-    # once a 429 has reached the client (allow 50 ms), nobody asks for anything until
-    # Retry-After has passed
     entries = sorted(server.log.entries(), key=lambda e: e.started)
-    for throttled in (e for e in entries if e.status == 429):
-        early = [e for e in entries
-                 if throttled.finished + 0.05 < e.started < throttled.finished + 0.95]
-        assert early == [], (throttled, early)
+    throttled = [e for e in entries if e.status == 429]
+    assert len(throttled) >= 5
+    for answer in throttled:
+        during = [e for e in entries if answer.finished < e.started < answer.finished + 0.95]
+        assert len(during) <= 2 * MAX_WORKERS, (answer, len(during))
     assert re.search(r"retried: [1-9]", feedback.text)
 
 
@@ -340,22 +344,28 @@ def test_timeouts_are_retried(serve, tmp_path):
 
 
 def test_concurrency_and_rate_limits_are_kept(serve, tmp_path):
-    server = serve({"world": SAMPLE}, latency=0.05)
-    run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-3",
+    """Counted on the server: requests in flight at once (each lasting 0.25 s, so workers
+    overlap however busy the machine is) and requests started per second."""
+    server = serve({"world": SAMPLE}, latency=0.25)
+    run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-2",
                 "NUM_OF_CACHING_SERVICE_INSTANCES": 3,
                 "TARGET_CACHE_PATH": str(tmp_path / "a")})
     assert server.log.max_concurrency == 3
     server.log.clear()
-    run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-3",
+    run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-2",
                 "TARGET_CACHE_PATH": str(tmp_path / "b")})
-    assert 4 <= server.log.max_concurrency <= 8  # automatic: at most 8 per host
+    assert 4 <= server.log.max_concurrency <= MAX_WORKERS  # automatic: at most 8 per host
+    server.options.latency = 0.0
     server.log.clear()
     run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-2",
                 "MAX_REQUESTS_PER_SECOND": 20, "TARGET_CACHE_PATH": str(tmp_path / "c")})
     starts = sorted(e.started for e in server.log.entries())
     assert len(starts) > 20
-    for i, start in enumerate(starts):  # never more than 20 (+1 for the edges) in a second
-        assert sum(1 for s in starts[i:] if s < start + 1.0) <= 21
+    # the client spaces its requests by 50 ms; the server sees them a little late, some later
+    # than others: 20 a second, +1 for the window's edges, +2 for up to 100 ms of such jitter
+    for i, start in enumerate(starts):
+        assert sum(1 for s in starts[i:] if s < start + 1.0) <= 20 + 1 + 2
+    assert starts[-1] - starts[0] >= (len(starts) - 1) / 20 - 0.1  # unthrottled: ~0.1 s
 
 
 def test_server_rate_limit_is_survived(serve, tmp_path):
