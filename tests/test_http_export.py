@@ -14,8 +14,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cache_factory import read_all_tiles, snapshot, web_mercator_scheme, write_cache  # noqa: E402
+from cache_factory import (  # noqa: E402
+    read_all_tiles,
+    read_output,
+    snapshot,
+    web_mercator_scheme,
+    write_cache,
+)
 from http_helpers import rest_server_module  # noqa: E402
+from independent_readers import v2_folder_tiles  # noqa: E402
 from recording import recording_feedback  # noqa: E402
 
 from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
@@ -95,8 +102,13 @@ def same_metadata(a: bytes, b: bytes) -> bool:
     return normal(a) == normal(b)
 
 
-def assert_same_output(http: Path, local: Path) -> None:
-    assert read_all_tiles(http) == read_all_tiles(local)
+def sample_tiles() -> dict[tuple[int, int, int], bytes]:
+    """The sample cache's tiles, read by the spec-only Compact V2 parser."""
+    return v2_folder_tiles(SAMPLE / "Layers" / "_alllayers")
+
+
+def assert_same_output(http: Path, local: Path, kind: str) -> None:
+    assert read_output(http, kind) == read_output(local, kind)
     mine, theirs = comparable(http), comparable(local)
     assert sorted(mine) == sorted(theirs)
     for name in mine:
@@ -145,7 +157,9 @@ def test_sample_over_http_equals_local_export(serve, tmp_path, kind):
         params["EXPORT_EXTENT"] = "-2000000,4000000,3000000,7000000 [EPSG:3857]"
     local, http, result, server = local_and_http(serve, SAMPLE, kind, tmp_path, **params)
     assert comparable(http) == comparable(local)
-    assert result["TILE_COUNT"] == len(read_all_tiles(local))
+    tiles, sample = read_output(http, kind), sample_tiles()
+    assert tiles and {key: sample[key] for key in tiles} == tiles
+    assert result["TILE_COUNT"] == len(tiles)
     assert result["OUTPUT_CACHE_PATH"] == str(http)
 
 
@@ -157,7 +171,7 @@ def test_esri_fixtures_over_http_equal_local_export(serve, tmp_path, fixtures_di
     levels = ",".join(map(str, sorted({level for level, _, _ in read_all_tiles(cache)})))
     local, http, _, _ = local_and_http(serve, cache, kind, tmp_path, LEVELS=levels,
                                        MAX_TILE_COUNT=0)
-    assert_same_output(http, local)
+    assert_same_output(http, local, kind)
 
 
 def test_missing_tiles_without_tilemap_are_404s(serve, sparse_cache, tmp_path):
@@ -171,7 +185,7 @@ def test_missing_tiles_without_tilemap_are_404s(serve, sparse_cache, tmp_path):
             params["EXPORT_EXTENT"] = (f"{extent.xmin},{extent.xmax},{extent.ymin},"
                                        f"{extent.ymax} [EPSG:3857]")
         result = run_export(params)
-        exported = read_all_tiles(tmp_path / folder / "sparse" / "Layers")
+        exported = read_output(tmp_path / folder / "sparse" / "Layers")
         assert exported == {k: v for k, v in tiles.items() if str(k[0]) == levels}
         assert result["TILE_COUNT"] == len(exported)
     statuses = Counter(e.status for e in server.log.entries() if e.kind == "tile")
@@ -184,7 +198,7 @@ def test_tilemap_skips_absent_tiles(serve, sparse_cache, tmp_path):
     server = serve({"sparse": cache})
     run_export({"INPUT_SERVICE": server.service_url("sparse"), "LEVELS": "3,8",
                 "TARGET_CACHE_PATH": str(tmp_path / "out")})
-    assert read_all_tiles(tmp_path / "out" / "sparse" / "Layers") == {
+    assert read_output(tmp_path / "out" / "sparse" / "Layers") == {
         k: v for k, v in tiles.items() if k[0] in (3, 8)}
     requested = set(tile_requests(server))
     assert requested <= set(tiles), "a tile the tilemap marks absent was requested"
@@ -201,8 +215,8 @@ def test_a_broken_tilemap_gives_way_to_tile_requests(serve, tmp_path):
                    fault_tilemap=True)
     run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-1",
                 "TARGET_CACHE_PATH": str(tmp_path / "out")})
-    assert read_all_tiles(tmp_path / "out" / "world" / "Layers") == {
-        k: v for k, v in read_all_tiles(SAMPLE).items() if k[0] <= 1}
+    assert read_output(tmp_path / "out" / "world" / "Layers") == {
+        k: v for k, v in sample_tiles().items() if k[0] <= 1}
     tilemaps = [e for e in server.log.entries() if e.kind == "tilemap"]
     assert len(tilemaps) == 3  # three attempts, then plain tile requests for good
 
@@ -213,7 +227,7 @@ def test_blank_tiles_are_not_written(serve, sparse_cache, tmp_path):
                    ignore_blank_tile_param=True)
     run_export({"INPUT_SERVICE": server.service_url("sparse"), "LEVELS": "3",
                 "TARGET_CACHE_PATH": str(tmp_path / "out")})
-    assert read_all_tiles(tmp_path / "out" / "sparse" / "Layers") == {
+    assert read_output(tmp_path / "out" / "sparse" / "Layers") == {
         k: v for k, v in tiles.items() if k[0] == 3}
     tile_entries = [e for e in server.log.entries() if e.kind == "tile"]
     assert all(e.query.get("blankTile") == "false" for e in tile_entries)
@@ -249,7 +263,7 @@ def test_429_with_retry_after_is_honoured(serve, tmp_path):
                 "TARGET_CACHE_PATH": str(tmp_path / "out")}, feedback)
     run_export({"INPUT_SERVICE": str(SAMPLE), "LEVELS": "0-3",
                 "TARGET_CACHE_PATH": str(tmp_path / "local")})
-    assert read_all_tiles(tmp_path / "out" / "world" / "Layers") == read_all_tiles(
+    assert read_output(tmp_path / "out" / "world" / "Layers") == read_output(
         tmp_path / "local" / "world_map" / "Layers")
     gaps = [gap for gap, status in retry_gaps(server) if status == 429]
     assert gaps and min(gaps) >= 0.95, gaps
@@ -266,8 +280,8 @@ def test_server_errors_are_retried_with_backoff(serve, tmp_path):
     server = serve({"world": SAMPLE}, fault="500", fault_fraction=0.3, fault_attempts=2)
     run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-3",
                 "TARGET_CACHE_PATH": str(tmp_path / "out")})
-    assert read_all_tiles(tmp_path / "out" / "world" / "Layers") == {
-        k: v for k, v in read_all_tiles(SAMPLE).items() if k[0] <= 3}
+    assert read_output(tmp_path / "out" / "world" / "Layers") == {
+        k: v for k, v in sample_tiles().items() if k[0] <= 3}
     gaps = retry_gaps(server)
     first = sorted(g for g, status in gaps if status == 500)
     assert len(first) >= 10 and first[0] >= 0.24  # backoff 0.5 s, jittered down to half
@@ -312,8 +326,8 @@ def test_bad_bodies_are_never_written(serve, tmp_path, fault):
     server = serve({"world": SAMPLE}, fault=fault, fault_fraction=0.3, fault_attempts=1)
     run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-3",
                 "TARGET_CACHE_PATH": str(tmp_path / "out")})
-    expected = {k: v for k, v in read_all_tiles(SAMPLE).items() if k[0] <= 3}
-    assert read_all_tiles(tmp_path / "out" / "world" / "Layers") == expected
+    expected = {k: v for k, v in sample_tiles().items() if k[0] <= 3}
+    assert read_output(tmp_path / "out" / "world" / "Layers") == expected
     faulty = {k for k, status in Counter(tile_requests(server)).items() if status > 1}
     assert faulty, "the fault was never served"
 
@@ -338,8 +352,8 @@ def test_timeouts_are_retried(serve, tmp_path):
                     "TARGET_CACHE_PATH": str(tmp_path / "out")})
     finally:
         QgsNetworkAccessManager.setTimeout(before)
-    expected = {k: v for k, v in read_all_tiles(SAMPLE).items() if k[0] <= 3}
-    assert read_all_tiles(tmp_path / "out" / "world" / "Layers") == expected
+    expected = {k: v for k, v in sample_tiles().items() if k[0] <= 3}
+    assert read_output(tmp_path / "out" / "world" / "Layers") == expected
     assert max(Counter(tile_requests(server)).values()) >= 2
 
 
@@ -373,8 +387,8 @@ def test_server_rate_limit_is_survived(serve, tmp_path):
     run_export({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-3",
                 "TARGET_CACHE_PATH": str(tmp_path / "out")})
     assert Counter(e.status for e in server.log.entries())[429] > 0
-    expected = {k: v for k, v in read_all_tiles(SAMPLE).items() if k[0] <= 3}
-    assert read_all_tiles(tmp_path / "out" / "world" / "Layers") == expected
+    expected = {k: v for k, v in sample_tiles().items() if k[0] <= 3}
+    assert read_output(tmp_path / "out" / "world" / "Layers") == expected
 
 
 # --- limits, estimate, cancel ---------------------------------------------------------------
@@ -557,8 +571,8 @@ def test_project_layers_resolve_to_their_service(serve, tmp_path):
             result = run_export({"INPUT_SERVICE": value, "LEVELS": "0-1",
                                  "TARGET_CACHE_PATH": str(tmp_path / folder)})
             assert result["TILE_COUNT"] == 5
-            assert read_all_tiles(result["OUTPUT_CACHE_PATH"]) == {
-                k: v for k, v in read_all_tiles(SAMPLE).items() if k[0] <= 1}
+            assert read_output(result["OUTPUT_CACHE_PATH"]) == {
+                k: v for k, v in sample_tiles().items() if k[0] <= 1}
     finally:
         QgsProject.instance().removeMapLayers([xyz.id(), ams.id()])
 

@@ -30,6 +30,7 @@ from cache_factory import (  # noqa: E402
     LEVEL0_RES,
     ORIGIN,
     read_all_tiles,
+    read_output,
     snapshot,
     tile_image,
     web_mercator_scheme,
@@ -40,7 +41,6 @@ from independent_readers import (  # noqa: E402
     gdal_expected,
     gdal_tile,
     no_leftovers,
-    output_tiles,
     tpkx_tiles,
     v2_folder_tiles,
 )
@@ -294,13 +294,6 @@ def package_members(package: Path) -> dict[str, bytes]:
         return {info.filename: archive.read(info) for info in archive.infolist()}
 
 
-def independent_tiles(out: Path, kind: str) -> dict[Key, bytes]:
-    """The output's tiles through a reader independent of the engine (which must agree)."""
-    tiles = output_tiles(out, kind)
-    assert read_all_tiles(out) == tiles
-    return tiles
-
-
 # --- goal A1: MERGE / OVERWRITE with a clipping area of interest, every target kind ------------
 
 A_LEVEL = 3
@@ -506,11 +499,11 @@ def test_merge_and_overwrite_through_a_clipping_aoi(kind, overwrite, aoi_caches,
     first = run_export({**common, "INPUT_SERVICE": str(aoi_caches.old_folder)})
     out = Path(first["OUTPUT_CACHE_PATH"])
     assert out == output_path(target, "mc", kind)
-    assert independent_tiles(out, kind) == aoi_caches.old_tiles
+    assert read_output(out, kind) == aoi_caches.old_tiles
     result = run_export({**common, "INPUT_SERVICE": str(aoi_caches.new_folder), "LEVELS": "3",
                          "AREA_OF_INTEREST": str(aoi_caches.aoi), "OVERWRITE": overwrite})
     assert Path(result["OUTPUT_CACHE_PATH"]) == out
-    actual = independent_tiles(out, kind)
+    actual = read_output(out, kind)
 
     def describe(key):
         if key[0] != A_LEVEL:
@@ -813,13 +806,13 @@ def test_repeated_merges_do_not_grow_bundles(kind, aoi_caches, tmp_path):
         bundles = bundle_files(out, kind)
         totals.append(out.stat().st_size if out.is_file() else
                       sum(len(d) for d in bundles.values()))
-        tiles = independent_tiles(out, kind)
+        tiles = read_output(out, kind)
         for member, data in bundles.items():
             slack = bundle_slack(member, data, tiles, storage == 1)
             assert slack == 0, (member, slack)
         sizes.append({m: len(d) for m, d in bundles.items()})
     level3 = next(m for m in sizes[0] if "L03" in m)
-    rewritten = sum(len(d) for k, d in independent_tiles(out, kind).items()
+    rewritten = sum(len(d) for k, d in read_output(out, kind).items()
                     if k[0] == A_LEVEL and category(tile_mask(aoi_caches.mask, k[1], k[2]))
                     != "outside")
     assert rewritten > 0.2 * sizes[0][level3]  # garbage of one merge would show
