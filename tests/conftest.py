@@ -152,8 +152,8 @@ def fixtures_dir() -> Path:
 
 @pytest.fixture
 def serve():
-    """serve({name: cache path}, **options) -> a started loopback ArcGIS REST server
-    (scripts/arcgis_rest_server.py), stopped after the test."""
+    """serve({name: cache path or service}, **options) -> a started loopback ArcGIS REST
+    server (scripts/arcgis_rest_server.py), stopped after the test."""
     from http_helpers import rest_server_module
 
     srv = rest_server_module()
@@ -161,7 +161,8 @@ def serve():
 
     def start(services: dict, **options):
         server = srv.ArcGISRestServer(
-            {name: str(path) for name, path in services.items()}, srv.ServerOptions(**options))
+            {name: path if isinstance(path, srv._Service) else str(path)
+             for name, path in services.items()}, srv.ServerOptions(**options))
         started.append(server.start())
         return server
 
