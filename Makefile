@@ -64,7 +64,7 @@ $(VENV_STAMP): requirements-test.txt constraints.txt | deps
 	"$(PY)" -c 'import mapproxy, tpkutils, numpy, PIL, shapely, pytest, pytest_qgis, pyproj; \
 	  pyproj.datadir.get_data_dir(); \
 	  from importlib.metadata import version as v; \
-	  print("venv:", *(f"{p} {v(p)}" for p in ("MapProxy", "tpkutils", "numpy", "Pillow", "shapely", "pytest", "pytest-qgis", "ruff")))'
+	  print("venv:", *(f"{p} {v(p)}" for p in ("MapProxy", "tpkutils", "numpy", "Pillow", "shapely", "pytest", "pytest-qgis", "ruff", "PyQt6")))'
 	QT_QPA_PLATFORM=offscreen "$(PY)" -c 'from qgis.core import Qgis; print("venv: qgis.core", Qgis.QGIS_VERSION)'
 	touch "$@"
 

@@ -16,7 +16,6 @@ from shapely.ops import unary_union
 from .errors import CacheError
 from .tiling_scheme import TilingScheme
 
-WEB_MERCATOR_HALF_WIDTH = 20037508.342789244
 MERCATOR_MAX_LATITUDE = 85.0511287798066
 HUGE = 1e12
 
@@ -39,20 +38,6 @@ def load_polygon(polygon_wkb: bytes):
     if geometry.is_empty:
         raise CacheError("The area of interest has no area (its polygons are degenerate).")
     return geometry
-
-
-def world_span(scheme: TilingScheme) -> Optional[tuple[float, float]]:
-    """(west edge, width) of a cache whose tiles wrap around the world east-west, else None."""
-    sr = scheme.spatial_reference
-    if sr.is_web_mercator:
-        half = WEB_MERCATOR_HALF_WIDTH
-    elif sr.is_geographic:
-        half = 180.0
-    else:
-        return None
-    if not math.isclose(scheme.origin_x, -half, rel_tol=1e-6):
-        return None
-    return -half, 2 * half
 
 
 def wrap_into_world(geometry, west: float, width: float):
@@ -120,7 +105,7 @@ def lonlat_in_world(polygon_wkb: bytes, wrapped: bool, mercator: bool) -> bytes:
 def aoi_in_cache(polygon_wkb: bytes, scheme: TilingScheme):
     """The area of interest, valid and inside the cache's world where the cache wraps."""
     geometry = load_polygon(polygon_wkb)
-    span = world_span(scheme)
+    span = scheme.world_span()
     if span is not None:
         geometry = wrap_into_world(geometry, *span)
     return geometry

@@ -93,9 +93,10 @@ class Layout:
     def idle(self) -> None:
         """Called while the exporter waits: a remote layout lets the event loop run."""
 
-    def tiles_received(self) -> int:
-        """Tiles fetched so far (downloads report progress inside a bundle); 0 when local."""
-        return 0
+    def tiles_received(self) -> dict[int, int]:
+        """Tiles fetched so far per level (downloads report progress inside a bundle); none
+        when local."""
+        return {}
 
     def member_paths(self, level: int, brow: int, bcol: int) -> list[str]:
         """Store paths of the files that make up one bundle (for verbatim package copies)."""

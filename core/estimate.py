@@ -7,6 +7,7 @@ sampled tiles per level give the share that exists and the average size.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -17,7 +18,10 @@ from .selection import Coverage, PolygonSelection, Selection
 from .service_source import ServiceLayout
 from .tiling_scheme import TileRange, bundle_range
 
-SAMPLES_PER_LEVEL = 6
+SAMPLES_PER_LEVEL = 6  # tiles fetched per level for their size, where a tilemap counts them
+# Without a tilemap the samples also tell which share of the candidates exists: more of them.
+# They cost no extra request: the export keeps what they fetched.
+SAMPLES_WITHOUT_TILEMAP = 64
 MAX_SAMPLE_POOL = 512
 MAX_COUNTED_BUNDLES = 1_000_000
 
@@ -29,9 +33,15 @@ class LevelEstimate:
     tiles: int  # tiles expected to be exported
     bytes: int
     counted: bool  # tiles counted one by one (index or tilemap), not extrapolated
+    requests: int = 0  # tile requests the download will make (services without a tilemap)
+    sampled: tuple[int, int] = (0, 0)  # (tiles asked for, tiles found) when extrapolated
 
     def describe(self) -> str:
-        how = "" if self.counted else " (estimated from samples)"
+        how = ""
+        if not self.counted:
+            asked, found = self.sampled
+            how = (f" (estimated: {found} of {asked} sampled tiles exist; "
+                   f"{self.requests} tiles to ask for)")
         return (f"Level {self.level}: {self.tiles} tiles{how}, about {format_size(self.bytes)}"
                 f" ({self.area_tiles} tiles in the export area)")
 
@@ -116,22 +126,22 @@ def _service_level(source: CacheSource, level: int, selection: Selection, area: 
                    ) -> LevelEstimate:
     layout = source.layout
     candidates = 0
-    samples: list[tuple[int, int]] = []
+    pool: list[tuple[int, int]] = []
+    rng = random.Random(level)  # spread without the aliasing of a fixed stride; repeatable
     for _, brow, bcol in plan_bundles(source, [level], selection):
         keys = layout.wanted_tiles(level, brow, bcol, selection.tile_filter(level, brow, bcol))
-        keys = layout.present(level, keys)
+        keys = layout.present(level, keys, keep=True)
         candidates += len(keys)
-        if keys and len(samples) < MAX_SAMPLE_POOL:
-            samples.extend(keys[len(keys) // (2 * SAMPLES_PER_LEVEL)::
-                                max(1, len(keys) // SAMPLES_PER_LEVEL)][:SAMPLES_PER_LEVEL])
+        if len(pool) < MAX_SAMPLE_POOL:
+            pool.extend(rng.sample(keys, min(len(keys), SAMPLES_WITHOUT_TILEMAP)))
     counted = layout.tilemap_usable
-    step = max(1, len(samples) // SAMPLES_PER_LEVEL)
-    picked = samples[::step][:SAMPLES_PER_LEVEL]
+    picked = rng.sample(pool, min(len(pool), SAMPLES_PER_LEVEL if counted
+                                  else SAMPLES_WITHOUT_TILEMAP))
     sizes = [len(data) for data in layout.fetch_samples(level, picked) if data is not None]
     average = sum(sizes) / len(sizes) if sizes else 0
-    # without a tilemap the samples also tell which share of the candidates exists
     tiles = candidates if counted or not picked else round(candidates * len(sizes) / len(picked))
-    return LevelEstimate(level, area, tiles, round(tiles * average), counted)
+    return LevelEstimate(level, area, tiles, round(tiles * average), counted, candidates,
+                         (len(picked), len(sizes)))
 
 
 def format_size(count: int) -> str:

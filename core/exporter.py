@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -243,7 +244,7 @@ class Exporter:
         queue = iter(tasks)
         tracker = ExportProgress(tasks, self._expected)
         received_before = self.source.layout.tiles_received()
-        tiles_done = 0
+        tiles_done: Counter = Counter()
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="export") as pool:
             try:
                 while True:
@@ -261,7 +262,7 @@ class Exporter:
                         results.append(result)
                         if result.touched:
                             target.bundle_done(result.level, result.brow, result.bcol)
-                        tiles_done += result.tiles
+                        tiles_done[result.level] += result.tiles
                         line = tracker.bundle_done(result.level, result.tiles)
                         if line:
                             self._report(line)
@@ -269,8 +270,10 @@ class Exporter:
                         raise ExportCanceled(
                             "The export was canceled; the target was left unchanged."
                         )
-                    received = self.source.layout.tiles_received() - received_before
-                    tracker.set_in_flight(received - tiles_done)
+                    received = self.source.layout.tiles_received()
+                    tracker.set_in_flight({
+                        level: count - received_before.get(level, 0) - tiles_done[level]
+                        for level, count in received.items()})
                     self._progress(tracker.fraction())
                     line = tracker.report()
                     if line:

@@ -156,8 +156,8 @@ class ServiceClient:
         self.throttle = Throttle(policy.requests_per_second, self.stop)
         self.tally = FailureTally()
         self.requests = 0
-        self.tiles = 0  # tiles received (for progress)
-        self._count_lock = threading.Lock()
+        self.tiles: Counter = Counter()  # tiles received per level (for progress)
+        self.count_lock = threading.Lock()
 
     def cancel(self) -> None:
         self.stop.set()
@@ -189,8 +189,8 @@ class ServiceClient:
         url = self.service.url(f"/tile/{level}/{row}/{col}", {"blankTile": "false"})
         data = self._with_retries(url, f"tile {level}/{row}/{col}", _check_tile)
         if data is not None:
-            with self._count_lock:
-                self.tiles += 1
+            with self.count_lock:
+                self.tiles[level] += 1
         return data
 
     def tilemap(self, level: int, row: int, col: int, height: int, width: int
@@ -210,7 +210,7 @@ class ServiceClient:
                 raise ExportCanceled("The export was stopped.")
             self.throttle.wait_turn()
             response = self.transport.get(url, self._headers)
-            with self._count_lock:
+            with self.count_lock:
                 self.requests += 1
             if self.stop.is_set():
                 raise ExportCanceled("The export was stopped.")

@@ -44,7 +44,8 @@ class ExportProgress:
         self._clock = clock
         self._started = self._last_finish = clock()
         self._last_report = self._started
-        self._in_flight = 0  # tiles fetched for bundles not done yet (downloads)
+        # tiles fetched per level for bundles not done yet (downloads)
+        self._in_flight: dict[int, int] = {}
 
     def bundle_done(self, level: int, tiles: int) -> Optional[str]:
         """Count a finished bundle; returns the closing lines of the levels it completes, in
@@ -68,24 +69,31 @@ class ExportProgress:
                          f"{rate}")
         return "\n".join(lines) or None
 
-    def set_in_flight(self, tiles: int) -> None:
-        self._in_flight = max(0, tiles)
+    def set_in_flight(self, tiles: dict[int, int]) -> None:
+        self._in_flight = {level: count for level, count in tiles.items() if count > 0}
+
+    def _done(self, level: int, state: _Level) -> int:
+        """Tiles of a level done, with those fetched for its bundles under way."""
+        return state.tiles_done + self._in_flight.get(level, 0)
+
+    def _total(self, level: int, state: _Level) -> Optional[int]:
+        total = state.total()
+        return None if total is None else max(total, self._done(level, state))
 
     def fraction(self) -> float:
         done = total = 0.0
-        for state in self._levels.values():
-            level_total = state.total()
+        for level, state in self._levels.items():
+            level_total = self._total(level, state)
             if level_total:
-                done += min(state.tiles_done, level_total)
+                done += self._done(level, state)
                 total += level_total
             else:  # nothing known yet: a bundle counts as one share of the level
                 total += 1
-        if total == 0:
-            return 0.0
-        return min(1.0, (done + self._in_flight) / total) if done or self._in_flight else 0.0
+        return min(1.0, done / total) if total else 0.0
 
     def report(self) -> Optional[str]:
-        """A line for the level under way, at most every REPORT_EVERY seconds."""
+        """A line for the level under way, at most every REPORT_EVERY seconds; the time left
+        is what is left of the known totals at the rate so far."""
         now = self._clock()
         if now - self._last_report < REPORT_EVERY:
             return None
@@ -95,14 +103,16 @@ class ExportProgress:
         if current is None:
             return None
         level, state = current
-        tiles = state.tiles_done + self._in_flight
-        done = sum(s.tiles_done for s in self._levels.values()) + self._in_flight
+        tiles, total = self._done(level, state), self._total(level, state)
+        done = sum(self._done(number, s) for number, s in self._levels.items())
         rate = done / max(now - self._started, 1e-6)
-        total = state.total()
         of = f" of {'' if state.expected is not None else 'about '}{total:,}" if total else ""
         left = ""
         if total and rate > 0:
-            left = f", about {_duration(max(total - tiles, 0) / rate)} left for this level"
+            rest = sum(max((self._total(number, s) or 0) - self._done(number, s), 0)
+                       for number, s in self._levels.items())
+            left = (f", about {_duration((total - tiles) / rate)} left for this level, "
+                    f"{_duration(rest / rate)} in all")
         return (f"Level {level}: {tiles:,}{of} tiles ({state.bundles_done}/{state.bundles} "
                 f"bundles), {rate:,.0f} tiles/s{left}; {self.fraction():.0%} of the export")
 

@@ -7,6 +7,7 @@ temporary file as size-prefixed records, so the bundle then reads like a local c
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -22,7 +23,11 @@ from .service_json import parse_extent, scheme_from_service_json
 from .service_url import ServiceUrl, parse_service_url
 from .tiling_scheme import TileRange, TilingScheme, bundle_range
 
-TILEMAP_BLOCK = 32  # tilemap windows are aligned to this, so never cross a bundle (spec §7.3)
+LOG = logging.getLogger(__name__)
+# Tilemap windows are the 32x32 blocks the ArcGIS JS API asks for: aligned to 32, so they never
+# cross a bundle (where servers clip, and where 422 can wrongly mean "none", spec §7.3).
+TILEMAP_BLOCK = 32
+NOTHING = TileRange(0, -1, 0, -1)  # an empty range: intersects nothing
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,9 @@ class ServiceLayout(Layout):
         self.prefix = ""
         self.client, self.scheme, self.info = client, scheme, info
         self._tilemap = info.tilemap
-        self._tilemaps: dict[tuple[int, TileRange], tuple[frozenset, TileRange]] = {}
+        # tilemap answers per 32x32 block, kept from the estimate for the export (compact: a
+        # window and a bit mask, never a tile list)
+        self._tilemaps: dict[tuple[int, int, int], _BlockMap] = {}
         # tiles fetched while estimating, kept so that the export does not ask for them again
         self._fetched: dict[tuple[int, int, int], Union[Optional[bytes], TileFailed]] = {}
         self._lock = threading.Lock()
@@ -131,28 +138,45 @@ class ServiceLayout(Layout):
         """The service has a tilemap and it has answered sensibly so far."""
         return self._tilemap
 
-    def tiles_received(self) -> int:
-        return self.client.tiles
+    def tiles_received(self) -> dict[int, int]:
+        with self.client.count_lock:
+            return dict(self.client.tiles)
 
     def levels(self) -> dict[int, str]:
         return {level: level_folder(level) for level in self.scheme.levels
                 if self.info.min_level <= level <= self.info.max_level}
 
-    def area(self, level: int, window: Optional[TileRange]) -> Optional[TileRange]:
-        """The tiles worth asking for: the window within the service's extent."""
+    def limit(self, level: int, whole_bundles: bool = False) -> Optional[TileRange]:
+        """The tiles that can exist at a level (None: nothing says): the world's grid (tile
+        indexes only lie inside it: scheme.tile_range), within the service's full extent,
+        widened to whole bundles when a tilemap will tell what they hold (a cache may hold
+        tiles a little beyond the extent its service states)."""
         extent = self.scheme.full_extent
-        full = self.scheme.tile_range(level, extent) if extent is not None else None
+        if extent is None:
+            return self.scheme.world_grid(level)
+        full = self.scheme.tile_range(level, extent)
         if full is None:
+            return NOTHING
+        if whole_bundles:
+            world = self.scheme.world_grid(level)
+            full = full.whole_bundles()
+            full = full.intersection(world) if world is not None else full
+        return full
+
+    def area(self, level: int, window: Optional[TileRange]) -> Optional[TileRange]:
+        """The tiles worth asking for: the window within what can exist; None if nothing."""
+        limit = self.limit(level)
+        if limit is None:
+            if window is None:
+                raise CacheError(
+                    f"The service {self.info.url} states no full extent, so the tiles of level "
+                    f"{level} cannot be listed: give an EXPORT_EXTENT or an AREA_OF_INTEREST.")
             return window
-        return full if window is None else window.intersection(full)
+        return limit if window is None else window.intersection(limit)
 
     def bundle_keys(self, level: int, window: Optional[TileRange]) -> list[tuple[int, int]]:
         area = self.area(level, window)
-        if area is None:
-            raise CacheError(
-                f"The service {self.info.url} states no full extent, so the tiles of level "
-                f"{level} cannot be listed: give an EXPORT_EXTENT or an AREA_OF_INTEREST.")
-        return list(area.bundles())
+        return list(area.bundles()) if area is not None else []
 
     def cancel(self) -> None:
         self.client.cancel()
@@ -160,56 +184,90 @@ class ServiceLayout(Layout):
     def idle(self) -> None:
         self.client.transport.idle()
 
-    def present(self, level: int, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def present(self, level: int, keys: list[tuple[int, int]], keep: bool = False
+                ) -> list[tuple[int, int]]:
         """Which of `keys` (tiles of one bundle) the service has, by tilemap where it can tell;
-        without a tilemap every key is a candidate (a 404 will say it is absent)."""
+        without a usable tilemap every key inside the service's extent is a candidate (a 404
+        will say it is absent). `keep`: the tilemaps asked are kept for the next call with the
+        same keys (the estimate's for the export's)."""
         if not keys or not self._tilemap:
             return keys
-        rows = [r for r, _ in keys]
-        cols = [c for _, c in keys]
-        top, left = _align(min(rows)), _align(min(cols))
-        window = TileRange(top, _align(max(rows)) + TILEMAP_BLOCK - 1,
-                           left, _align(max(cols)) + TILEMAP_BLOCK - 1)
-        answer = self._tilemap_window(level, window)
-        if answer is None:
-            return keys
-        found, covered = answer
-        return [key for key in keys if key in found or not covered.contains(*key)]
+        windows: dict[tuple[int, int], TileRange] = {}
+        for row, col in keys:
+            block = (_align(row), _align(col))
+            seen = windows.get(block)
+            windows[block] = TileRange(row, row, col, col).union(seen)
+        maps = self._block_maps(level, windows)
+        if maps is not None and keep:
+            with self._lock:
+                self._tilemaps.update({(level, *block): found for block, found in maps.items()})
+        if maps is None:
+            limit = self.limit(level)
+            return keys if limit is None else [key for key in keys if limit.contains(*key)]
+        return [key for key in keys if maps[(_align(key[0]), _align(key[1]))].has(*key)]
 
-    def _tilemap_window(self, level: int, window: TileRange
-                        ) -> Optional[tuple[frozenset, TileRange]]:
-        """Present tiles and the part of `window` the tilemap answered for (cached)."""
-        key = (level, window)
+    def _block_maps(self, level: int, windows: dict[tuple[int, int], TileRange]
+                    ) -> Optional[dict[tuple[int, int], _BlockMap]]:
+        """The tilemap of each block's window (from the estimate where it asked the same), or
+        None when the service's tilemap turns out unusable."""
+        maps: dict[tuple[int, int], _BlockMap] = {}
         with self._lock:
-            if key in self._tilemaps:
-                return self._tilemaps[key]
-        height = window.row_max - window.row_min + 1
-        width = window.col_max - window.col_min + 1
-        try:
-            transport = self.client.transport
-            answer = transport.result(transport.submit(
-                self.client.tilemap, level, window.row_min, window.col_min, height, width))
-        except ServiceAuthError:
-            raise
-        except (TileFailed, CacheError, ValueError):
-            self._tilemap = False  # the service's tilemap is unusable: ask for every tile
+            for block, window in windows.items():
+                known = self._tilemaps.pop((level, *block), None)
+                if known is not None and known.covers(window):
+                    maps[block] = known
+        asked = {block: window for block, window in windows.items() if block not in maps}
+        answers = self._ask_tilemaps(level, list(asked.values()))
+        if answers is None:
             return None
-        parsed = (frozenset(), window) if answer is None else _tilemap_tiles(answer, window)
-        if parsed is None:
-            self._tilemap = False
-            return None
-        with self._lock:
-            self._tilemaps[key] = parsed
-        return parsed
+        for block, window in asked.items():
+            maps[block] = _BlockMap.of(window, answers)
+        return maps
+
+    def _ask_tilemaps(self, level: int, windows: list[TileRange]
+                      ) -> Optional[set[tuple[int, int]]]:
+        """The present tiles of `windows`, asked in parallel. An answer that covers less than
+        its window ("adjusted") is followed by tilemap requests for the rest; every answer
+        covers at least one tile more, so this ends. None when the tilemap is unusable."""
+        transport, found = self.client.transport, set()
+        while windows:
+            futures = [transport.submit(self.client.tilemap, level, w.row_min, w.col_min,
+                                        w.row_max - w.row_min + 1, w.col_max - w.col_min + 1)
+                       for w in windows]
+            rest: list[TileRange] = []
+            for window, future in zip(windows, futures):
+                try:
+                    answer = transport.result(future)
+                except ServiceAuthError:
+                    raise
+                except (TileFailed, CacheError, ValueError) as exc:
+                    return self._unusable(f"{exc}")
+                if answer is None:  # HTTP 422: no tile in the window
+                    continue
+                parsed = _tilemap_tiles(answer, window)
+                if parsed is None:
+                    return self._unusable(f"its answer for level {level} window {window} is "
+                                          "not a valid tilemap")
+                tiles, covered = parsed
+                found.update(tiles)
+                rest.extend(_difference(window, covered))
+            windows = rest
+        return found
+
+    def _unusable(self, why: str) -> None:
+        if self._tilemap:
+            LOG.warning("The service's tilemap is unusable (%s): every tile of the export area "
+                        "inside the service's extent is asked for instead.", why)
+        self._tilemap = False
+        return None
 
     def wanted_tiles(self, level: int, brow: int, bcol: int, wanted: Optional[Wanted]
                      ) -> list[tuple[int, int]]:
-        """The bundle's tiles in the export; with a tilemap the whole bundle is looked at,
-        since a cache may hold tiles a little beyond the extent its service states."""
+        """The bundle's tiles in the export that can exist (see `limit`)."""
         block: Optional[TileRange] = bundle_range(brow, bcol)
-        area = None if self._tilemap else self.area(level, None)
-        if area is not None:
-            block = block.intersection(area)
+        limit = self.limit(level, whole_bundles=self._tilemap)
+        if limit is not None:
+            block = block.intersection(limit)
         if block is None:
             return []
         return [(row, col) for row in range(block.row_min, block.row_max + 1)
@@ -262,9 +320,11 @@ def _align(index: int) -> int:
     return index - index % TILEMAP_BLOCK
 
 
-def _tilemap_tiles(answer: dict, window: TileRange) -> Optional[tuple[frozenset, TileRange]]:
-    """The tiles a tilemap answer marks present and the window it answered for (an
-    "adjusted" answer covers less); None when the answer is unusable."""
+def _tilemap_tiles(answer: dict, window: TileRange
+                   ) -> Optional[tuple[list[tuple[int, int]], TileRange]]:
+    """The tiles of `window` a tilemap answer marks present and the part of the window it
+    answered for (an "adjusted" answer covers less: clipped at a bundle, a block or the grid's
+    edge); None when the answer is unusable or covers nothing of the window."""
     location = answer.get("location") or {}
     try:
         top = int(location.get("top", window.row_min))
@@ -272,13 +332,51 @@ def _tilemap_tiles(answer: dict, window: TileRange) -> Optional[tuple[frozenset,
         width = int(location.get("width", window.col_max - window.col_min + 1))
         height = int(location.get("height", window.row_max - window.row_min + 1))
         data = answer["data"]
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
     if (answer.get("valid") is False or not isinstance(data, list) or width < 1 or height < 1
-            or len(data) != width * height or (top, left) != (window.row_min, window.col_min)):
+            or len(data) != width * height):
         return None
-    found = frozenset((top + i // width, left + i % width) for i, flag in enumerate(data) if flag)
-    return found, TileRange(top, top + height - 1, left, left + width - 1)
+    covered = window.intersection(TileRange(top, top + height - 1, left, left + width - 1))
+    if covered is None:
+        return None
+    found = [(row, col) for row in range(covered.row_min, covered.row_max + 1)
+             for col in range(covered.col_min, covered.col_max + 1)
+             if data[(row - top) * width + col - left]]
+    return found, covered
+
+
+def _difference(window: TileRange, covered: TileRange) -> list[TileRange]:
+    """`window` less `covered` (a part of it) as up to four rectangles."""
+    parts = [TileRange(window.row_min, covered.row_min - 1, window.col_min, window.col_max),
+             TileRange(covered.row_max + 1, window.row_max, window.col_min, window.col_max),
+             TileRange(covered.row_min, covered.row_max, window.col_min, covered.col_min - 1),
+             TileRange(covered.row_min, covered.row_max, covered.col_max + 1, window.col_max)]
+    return [p for p in parts if p.row_min <= p.row_max and p.col_min <= p.col_max]
+
+
+@dataclass(frozen=True)
+class _BlockMap:
+    """The present tiles of one window inside a 32x32 block, as a bit mask."""
+
+    window: TileRange
+    mask: int
+
+    @classmethod
+    def of(cls, window: TileRange, present: set[tuple[int, int]]) -> _BlockMap:
+        width, mask = window.col_max - window.col_min + 1, 0
+        for row, col in present:
+            if window.contains(row, col):
+                mask |= 1 << ((row - window.row_min) * width + col - window.col_min)
+        return cls(window, mask)
+
+    def covers(self, window: TileRange) -> bool:
+        return self.window.intersection(window) == window
+
+    def has(self, row: int, col: int) -> bool:
+        width = self.window.col_max - self.window.col_min + 1
+        return self.window.contains(row, col) and bool(
+            self.mask >> ((row - self.window.row_min) * width + col - self.window.col_min) & 1)
 
 
 class _Spool:

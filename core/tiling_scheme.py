@@ -12,6 +12,7 @@ from .geometry import Extent
 from .spatial_reference import SpatialReference
 
 PACKET_SIZE = 128
+WEB_MERCATOR_HALF_WIDTH = 20037508.342789244
 # GDAL's ESRIC driver refuses a level whose full-grid raster is wider than this (spec §9.2).
 GDAL_MAX_RASTER = 2**31 - 1
 RESOLUTION_RTOL = 1e-9
@@ -68,6 +69,11 @@ class TileRange:
             return self
         return TileRange(min(self.row_min, other.row_min), max(self.row_max, other.row_max),
                          min(self.col_min, other.col_min), max(self.col_max, other.col_max))
+
+    def whole_bundles(self) -> TileRange:
+        """The range widened to the edges of the bundles it touches."""
+        return TileRange(bundle_origin(self.row_min), bundle_origin(self.row_max) + PACKET_SIZE - 1,
+                         bundle_origin(self.col_min), bundle_origin(self.col_max) + PACKET_SIZE - 1)
 
     def bundles(self) -> Iterable[tuple[int, int]]:
         """Top-left (row, col) of every bundle the range touches, row-major."""
@@ -143,9 +149,39 @@ class TilingScheme:
         row_min = math.floor((self.origin_y - (extent.ymax - shrink)) / span_y)
         row_max = math.floor((self.origin_y - (extent.ymin + shrink)) / span_y)
         col_min, row_min = max(col_min, 0), max(row_min, 0)
+        world = self.world_grid(level)
+        if world is not None:
+            col_max, row_max = min(col_max, world.col_max), min(row_max, world.row_max)
         if col_max < col_min or row_max < row_min:
             return None
         return TileRange(row_min, row_max, col_min, col_max)
+
+    def world_span(self) -> Optional[tuple[float, float]]:
+        """(west edge, width) of a scheme whose tiles wrap around the world east-west (Web
+        Mercator, or geographic with the origin at -180), else None."""
+        sr = self.spatial_reference
+        if sr.is_web_mercator:
+            half = WEB_MERCATOR_HALF_WIDTH
+        elif sr.is_geographic:
+            half = 180.0
+        else:
+            return None
+        if not math.isclose(self.origin_x, -half, rel_tol=1e-6):
+            return None
+        return -half, 2 * half
+
+    def world_grid(self, level: int) -> Optional[TileRange]:
+        """Every tile a world scheme has at a level (none lies beyond the world's edges: a
+        client must not ask for them); None for other schemes."""
+        span = self.world_span()
+        if span is None:
+            return None
+        west, width = span
+        south = -90.0 if self.spatial_reference.is_geographic else west
+        span_x, span_y = self.tile_span(level)
+        cols = math.ceil((west + width - self.origin_x) / span_x - 1e-6)
+        rows = math.ceil((self.origin_y - south) / span_y - 1e-6)
+        return TileRange(0, max(rows, 1) - 1, 0, max(cols, 1) - 1)
 
     def differences(self, other: TilingScheme, levels: Iterable[int] = ()) -> list[str]:
         """What makes `other` incompatible with this scheme for the given exported levels."""

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputFile,
@@ -24,7 +23,6 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor, QIcon
 
-from ..core.aoi_geometry import world_span
 from ..core.cache_source import CacheSource, open_cache
 from ..core.errors import CacheError, ExportCanceled
 from ..core.estimate import area_tile_count, estimate, format_size
@@ -35,6 +33,8 @@ from ..core.selection import ExtentSelection, PolygonSelection, Selection
 from ..core.service_source import open_service
 from ..core.service_url import is_service_url
 from ..core.tiling_scheme import StorageFormat
+from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON
+from .engine_log import engine_log_to
 from .input_layers import resolve_input
 from .qgis_network import QgisTransport
 from .qgis_values import aoi_wkb, cache_crs, lonlat_extent, to_extent
@@ -200,10 +200,10 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self.LEVELS, "Levels (e.g. 0-5,7)", optional=True), "level_wrapper.LevelListWrapper"))
         self.addParameter(QgsProcessingParameterNumber(
             self.NUM_OF_CACHING_SERVICE_INSTANCES, "Number of workers (-1 = automatic)",
-            type=QgsProcessingParameterNumber.Integer, defaultValue=-1, minValue=-1,
+            type=NUMBER_INTEGER, defaultValue=-1, minValue=-1,
             maxValue=64))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.AREA_OF_INTEREST, "Area of interest", [QgsProcessing.TypeVectorPolygon],
+            self.AREA_OF_INTEREST, "Area of interest", [SOURCE_VECTOR_POLYGON],
             optional=True))
         self.addParameter(QgsProcessingParameterExtent(
             self.EXPORT_EXTENT, "Export extent", optional=True))
@@ -216,11 +216,11 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self.TOKEN, "ArcGIS token (services; sent as a header, never logged)"))
         self.addParameter(QgsProcessingParameterNumber(
             self.MAX_REQUESTS_PER_SECOND, "Most requests per second (services; 0 = no limit)",
-            type=QgsProcessingParameterNumber.Double, defaultValue=0, minValue=0,
+            type=NUMBER_DOUBLE, defaultValue=0, minValue=0,
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.MAX_TILE_COUNT, "Most tiles to download (services; 0 = no limit)",
-            type=QgsProcessingParameterNumber.Integer, defaultValue=DEFAULT_MAX_TILES,
+            type=NUMBER_INTEGER, defaultValue=DEFAULT_MAX_TILES,
             minValue=0, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
             self.ESTIMATE_ONLY, "Only estimate the tile count and size; write nothing",
@@ -234,7 +234,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.COMPRESSION_QUALITY, "JPEG compression quality (1-100; empty = the cache's)",
-            type=QgsProcessingParameterNumber.Integer, minValue=1, maxValue=100,
+            type=NUMBER_INTEGER, minValue=1, maxValue=100,
             optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
             self.OPTIMIZE_TILES_FOR_SIZE,
@@ -269,7 +269,8 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):
         try:
-            return self._export(parameters, context, feedback)
+            with engine_log_to(feedback):
+                return self._export(parameters, context, feedback)
         except ExportCanceled as exc:
             raise QgsProcessingException(str(exc)) from None
         except CacheError as exc:
@@ -487,7 +488,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
                     "used and the extent ignored.")
             clip = not self.parameterAsBool(parameters, self.DISABLE_CLIPPING, context)
             polygon = aoi_wkb(source, crs, context, scheme.spatial_reference,
-                              world_span(scheme) is not None)
+                              scheme.world_span() is not None)
             return PolygonSelection(scheme, polygon, clip)
         rect = self.parameterAsExtent(parameters, self.EXPORT_EXTENT, context, crs)
         if rect.isNull() or rect.isEmpty():

@@ -19,6 +19,7 @@ from qgis.core import (
 from ..core.aoi_geometry import lonlat_in_world
 from ..core.geometry import Extent
 from ..core.spatial_reference import SpatialReference
+from ..qgis_compat import POLYGON_GEOMETRY
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 
@@ -58,7 +59,7 @@ def aoi_wkb(source: QgsProcessingFeatureSource, crs: QgsCoordinateReferenceSyste
     -180..180 before QGIS projects them (a direct transformation would wrap each vertex on its
     own and turn such a polygon inside out).
     """
-    if QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
+    if QgsWkbTypes.geometryType(source.wkbType()) != POLYGON_GEOMETRY:
         raise QgsProcessingException(
             "AREA_OF_INTEREST must be a polygon layer; the layer given has "
             f"{QgsWkbTypes.displayString(source.wkbType())} geometries."

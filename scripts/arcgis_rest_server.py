@@ -41,6 +41,16 @@ SERVICES_PATH = "/arcgis/rest/services"
 SERVICE_TYPES = ("MapServer", "ImageServer")
 CURRENT_VERSION = 10.91
 FAULTS = ("500", "503", "429", "json200", "html", "truncated", "short", "hang", "notimage")
+# How a tilemap window is answered (spec §7.3 leaves room): the whole window; clipped to the
+# top-left tile's bundle (the spec), to a smaller block (`tilemap_block`), or to the level's grid.
+TILEMAP_CLIPS = ("window", "bundle", "block", "grid")
+# When a tilemap answers 422: only for a window with no tile at all; also when the answered
+# (clipped) part is empty though the rest of the window has tiles (Esri BUG-000158087); never
+# (an all-zero map instead).
+TILEMAP_422S = ("window", "answered", "never")
+# The body of a 404 for a missing tile: ArcGIS's JSON error (application/json), the same JSON
+# sent as text/plain, an HTML page, or nothing.
+MISSING_TILE_BODIES = ("json", "plain", "html", "empty")
 OPEN_READERS = 64
 JSON_TYPE = "application/json; charset=utf-8"
 IMAGE_TYPES = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
@@ -75,6 +85,10 @@ class ServerOptions:
 
     latency: float = 0.0
     tilemap: bool = True
+    tilemap_clip: str = "bundle"
+    tilemap_block: int = 8
+    tilemap_422: str = "window"
+    missing_tile_body: str = "json"
     blank_tiles: bool = False
     ignore_blank_tile_param: bool = False
     fault: Optional[str] = None
@@ -94,6 +108,12 @@ class ServerOptions:
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
             raise ValueError(f"fault must be one of {FAULTS} or None, not {self.fault!r}")
+        for name, allowed in (("tilemap_clip", TILEMAP_CLIPS), ("tilemap_422", TILEMAP_422S),
+                              ("missing_tile_body", MISSING_TILE_BODIES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        if self.tilemap_block < 1:
+            raise ValueError("tilemap_block must be at least 1")
 
     def selects(self, level: int, row: int, col: int) -> bool:
         """Whether `fault` hits this tile: a seeded hash, so runs and processes agree."""
@@ -255,26 +275,48 @@ class _Service:
                 return None
             return bundle.reader.read(row, col)
 
-    def tilemap(self, level: int, row: int, col: int, width: int, height: int) -> Optional[dict]:
-        """Spec §7.3: the window clipped to the top-left tile's bundle; None if it is empty."""
-        clipped_w = min(width, PACKET - col % PACKET)
-        clipped_h = min(height, PACKET - row % PACKET)
+    def has_tile(self, level: int, row: int, col: int) -> bool:
         with self._lock:
             bundle = self._bundle_at(level, row, col)
-        present = bundle.present if bundle is not None else frozenset()
-        data = [
-            1 if (r, c) in present else 0
-            for r in range(row, row + clipped_h)
-            for c in range(col, col + clipped_w)
-        ]
-        if not any(data):
+        return bundle is not None and (row, col) in bundle.present
+
+    def grid(self, level: int) -> Optional[tiling_scheme.TileRange]:
+        """The tiles the level can hold: the world's grid, else the full extent's tiles."""
+        scheme = self.source.scheme
+        world = scheme.world_grid(level)
+        if world is not None or self.full_extent is None:
+            return world
+        return scheme.tile_range(level, self.full_extent)
+
+    def tilemap(self, numbers: tuple[int, ...], options: ServerOptions) -> Optional[dict]:
+        """Spec §7.3, clipped as `options.tilemap_clip` says; None for an HTTP 422."""
+        level, row, col, width, height = numbers
+        window = tiling_scheme.TileRange(row, row + height - 1, col, col + width - 1)
+        clip = options.tilemap_clip
+        if clip in ("bundle", "block"):
+            size = PACKET if clip == "bundle" else options.tilemap_block
+            top, left = row - row % size, col - col % size
+            answered = window.intersection(
+                tiling_scheme.TileRange(top, top + size - 1, left, left + size - 1))
+        elif clip == "grid":
+            grid = self.grid(level)
+            answered = window.intersection(grid) if grid is not None else window
+        else:
+            answered = window
+        if answered is None:
             return None
-        return {
-            "adjusted": (clipped_w, clipped_h) != (width, height),
-            "location": {"left": col, "top": row, "width": clipped_w, "height": clipped_h},
-            "valid": True,
-            "data": data,
-        }
+        data = [1 if self.has_tile(level, r, c) else 0
+                for r in range(answered.row_min, answered.row_max + 1)
+                for c in range(answered.col_min, answered.col_max + 1)]
+        if not any(data) and (options.tilemap_422 == "answered" or (
+                options.tilemap_422 == "window" and not any(
+                    self.has_tile(level, r, c) for r, c in _tiles(window)))):
+            return None
+        location = {"left": answered.col_min, "top": answered.row_min,
+                    "width": answered.col_max - answered.col_min + 1,
+                    "height": answered.row_max - answered.row_min + 1}
+        return {"adjusted": answered != window, "location": location, "valid": True,
+                "data": data}
 
     def recorded(self, kind: str) -> Optional[tuple[int, bytes, str]]:
         """(status, body, content type) to answer requests of `kind` with instead; None here."""
@@ -561,7 +603,7 @@ class ArcGISRestServer:
         options: ServerOptions, pretty: bool,
     ) -> _Reply:
         if len(numbers) == 5:
-            tilemap = service.tilemap(*numbers)
+            tilemap = service.tilemap(numbers, options)
             if tilemap is None:
                 return _error(422, "Tiles not present")
             return _json(tilemap, pretty)
@@ -571,7 +613,7 @@ class ArcGISRestServer:
         blank_allowed = query.get("blankTile", "").lower() != "false"
         if options.blank_tiles and (blank_allowed or options.ignore_blank_tile_param):
             return _Reply(200, service.blank, "image/png", {"blank-tile": "true"})
-        return _error(404, "Not Found", content_type="text/plain")
+        return _missing_tile(options.missing_tile_body)
 
     def _pause(self, seconds: float) -> bool:
         """Sleep unless the server stops meanwhile; False if it did."""
@@ -717,6 +759,23 @@ def _fault_reply(fault: str, options: ServerOptions) -> _Reply:
     return _Reply(200, FAULT_HTML, "text/html; charset=utf-8")
 
 
+def _missing_tile(body: str) -> _Reply:
+    """ArcGIS answers a missing tile with 404 and a JSON error; other servers differ."""
+    if body == "json":
+        return _error(404, "Tile not found")
+    if body == "plain":
+        return _error(404, "Tile not found", content_type="text/plain")
+    if body == "html":
+        return _Reply(404, b"<html><body><h1>404 Not Found</h1></body></html>",
+                      "text/html; charset=utf-8")
+    return _Reply(404, b"", "text/plain")
+
+
+def _tiles(window) -> list[tuple[int, int]]:
+    return [(r, c) for r in range(window.row_min, window.row_max + 1)
+            for c in range(window.col_min, window.col_max + 1)]
+
+
 def _damaged(reply: _Reply, fault: str) -> _Reply:
     if fault == "notimage":
         return _Reply(200, reply.body, "application/octet-stream", reply.headers)
@@ -779,6 +838,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="default 0: any free port")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--no-tilemap", action="store_true", help="no Tilemap capability")
+    parser.add_argument("--tilemap-clip", choices=TILEMAP_CLIPS, default="bundle",
+                        help="how tilemap windows are clipped (default: bundle, the spec's)")
+    parser.add_argument("--tilemap-block", type=int, default=8,
+                        help="block size for --tilemap-clip block")
+    parser.add_argument("--tilemap-422", choices=TILEMAP_422S, default="window",
+                        help="when a tilemap answers 422 (answered: Esri BUG-000158087)")
+    parser.add_argument("--missing-tile-body", choices=MISSING_TILE_BODIES, default="json",
+                        help="body of the 404 for a missing tile (default: ArcGIS's JSON)")
     parser.add_argument("--blank-tiles", action="store_true", help="blank PNG for missing tiles")
     parser.add_argument("--rate-limit", type=float, default=0.0, help="requests per second")
     parser.add_argument("--retry-after", type=float, help="Retry-After seconds on 429/503")
@@ -804,6 +871,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     options = ServerOptions(
         latency=args.latency,
         tilemap=not args.no_tilemap,
+        tilemap_clip=args.tilemap_clip,
+        tilemap_block=args.tilemap_block,
+        tilemap_422=args.tilemap_422,
+        missing_tile_body=args.missing_tile_body,
         blank_tiles=args.blank_tiles,
         rate_limit=args.rate_limit,
         retry_after=args.retry_after,

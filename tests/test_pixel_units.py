@@ -139,7 +139,7 @@ def test_progress_reports_levels_with_totals_rates_and_time_left():
     line = tracker.report()
     # 400 tiles in 3 s; level 4: 300 of about 1,200 (4 bundles), 900 left at 133 tiles/s
     assert line == ("Level 4: 300 of about 1,200 tiles (1/4 bundles), 133 tiles/s, about 7 s "
-                    "left for this level; 31% of the export")
+                    "left for this level, 7 s in all; 31% of the export")
     assert tracker.report() is None  # not again within REPORT_EVERY
     now[0] = 4.0
     for _ in bundles[2:]:
@@ -150,8 +150,12 @@ def test_progress_reports_levels_with_totals_rates_and_time_left():
     assert lines.bundle_done(5, 10) == ("Level 5 done: 10 tiles in 0.0 s\n"
                                         "Level 6 done: 10 tiles in 0.0 s")
     downloads = ExportProgress(bundles, expected={3: 100, 4: 1000}, clock=lambda: now[0])
-    downloads.set_in_flight(550)
+    downloads.set_in_flight({3: 50, 4: 500})
     assert downloads.fraction() == 0.5
+    now[0] = 14.0  # 550 tiles in 10 s; what is left: 50 of level 3, 500 of level 4
+    assert downloads.report() == (
+        "Level 3: 50 of 100 tiles (0/1 bundles), 55 tiles/s, about 1 s left for this level, "
+        "10 s in all; 50% of the export")
 
 
 @pytest.mark.parametrize("shape", [STAR, DONUT, ISLANDS], ids=["star", "donut", "islands"])

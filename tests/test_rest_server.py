@@ -63,7 +63,7 @@ KNOWN = {
                                         storage="esriMapCacheStorageModeCompactV2", wkid=3857,
                                         lods=20),
 }
-NOT_FOUND = b'{"error":{"code":404,"message":"Not Found","details":[]}}'
+NOT_FOUND = b'{"error":{"code":404,"message":"Tile not found","details":[]}}'
 
 
 @pytest.fixture(scope="module")
@@ -357,13 +357,25 @@ def test_missing_tiles_are_404_and_malformed_urls_400(srv):
         v1 + "/tile/0/0/0",  # a level without tiles
     ):
         status, headers, body = get(url)
-        assert (status, body) == (404, NOT_FOUND), url
-        assert headers["Content-Type"] == "text/plain"
+        assert (status, body) == (404, NOT_FOUND), url  # as ArcGIS answers
+        assert headers["Content-Type"] == "application/json; charset=utf-8"
     for suffix in ("/tile/a/0/0", "/tile/0/0", "/tile/0/-1/0", "/tile/0/0/0/0", "/tile/0/0/1.5"):
         status, _, body = get(world + suffix)
         assert (status, body) == (400, error_body(400, "Invalid URL")), suffix
     assert get(world + "/export")[0] == 404
     assert get(srv.base_url + "/nothing/MapServer")[0] == 404
+
+
+@pytest.mark.parametrize("body,content_type,expected", [
+    ("json", "application/json; charset=utf-8", NOT_FOUND),
+    ("plain", "text/plain", NOT_FOUND),
+    ("html", "text/html; charset=utf-8", b"<html><body><h1>404 Not Found</h1></body></html>"),
+    ("empty", "text/plain", b""),
+])
+def test_missing_tile_bodies(srv, body, content_type, expected):
+    srv.options.missing_tile_body = body
+    status, headers, data = get(srv.service_url("world_map") + "/tile/5/32/0")
+    assert (status, headers["Content-Type"], data) == (404, content_type, expected)
 
 
 def test_blank_tile_mode(srv, tiles):
@@ -432,6 +444,44 @@ def test_tilemap_clips_windows_to_the_bundle_of_their_top_left_tile(srv, tiles):
     assert world["adjusted"] is True
     assert world["location"] == {"left": 10, "top": 20, "width": 118, "height": 108}
     assert world["data"] == _expected_data(tiles["world_map"], 5, 20, 10, 118, 108)
+
+
+def test_tilemap_clip_modes(srv, tiles):
+    world, present = srv.service_url("world_map"), tiles["world_map"]
+    srv.options.tilemap_clip = "window"  # the whole window, across bundles and the grid
+    data = get_json(f"{world}/tilemap/5/20/10/300/300")
+    assert data["adjusted"] is False
+    assert data["location"] == {"left": 10, "top": 20, "width": 300, "height": 300}
+    assert data["data"] == _expected_data(present, 5, 20, 10, 300, 300)
+    srv.options.tilemap_clip = "grid"  # level 5 of the world: 32x32 tiles
+    data = get_json(f"{world}/tilemap/5/20/10/300/300")
+    assert (data["adjusted"], data["location"]) == (
+        True, {"left": 10, "top": 20, "width": 22, "height": 12})
+    assert data["data"] == _expected_data(present, 5, 20, 10, 22, 12)
+    assert get(f"{world}/tilemap/5/40/0/8/8")[0] == 422  # wholly beyond the grid
+    srv.options.tilemap_clip, srv.options.tilemap_block = "block", 8
+    data = get_json(f"{world}/tilemap/5/4/5/32/32")
+    assert (data["adjusted"], data["location"]) == (
+        True, {"left": 5, "top": 4, "width": 3, "height": 4})
+    assert data["data"] == _expected_data(present, 5, 4, 5, 3, 4)
+
+
+def test_tilemap_422_modes(srv, tiles):
+    """A window whose clipped part is empty but whose rest has tiles: ArcGIS's bug answers
+    422 ("answered"), a correct server an all-zero adjusted map; "never" has no 422 at all."""
+    v1, present = srv.service_url(V1_KEY), tiles[V1_KEY]
+    _, row, col = min(key for key in present if key[0] == 2)  # nothing above it in its column
+    top = row - row % 8 - 8
+    srv.options.tilemap_clip, srv.options.tilemap_block = "block", 8
+    window = f"{v1}/tilemap/2/{top}/{col}/1/16"
+    assert sum(_expected_data(present, 2, top, col, 1, 16)) > 0
+    data = get_json(window)
+    assert (data["adjusted"], data["location"]["height"], sum(data["data"])) == (True, 8, 0)
+    srv.options.tilemap_422 = "answered"
+    assert get(window)[0] == 422
+    srv.options.tilemap_422 = "never"
+    empty = get_json(f"{v1}/tilemap/2/0/0/4/4")
+    assert (empty["adjusted"], empty["data"]) == (False, [0] * 16)
 
 
 def test_tilemap_without_tiles_is_422_and_can_be_disabled(srv):

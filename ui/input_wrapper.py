@@ -71,7 +71,7 @@ class InputCombo(QWidget):
         browse = QToolButton()
         browse.setText("…")
         browse.setToolTip("Browse for a cache folder or a tile package")
-        browse.setPopupMode(QToolButton.InstantPopup)
+        browse.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(browse)
         menu.addAction("Cache folder…", self._pick_folder)
         menu.addAction("Tile package or conf.xml…", self._pick_file)

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 from processing.gui.wrappers import DIALOG_BATCH, DIALOG_MODELER
 from qgis.core import QgsProcessingFeedback
 from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtGui import QPalette
 from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -32,6 +33,9 @@ from .text_wrapper import TextParameterWrapper
 WATCHED = ("INPUT_SERVICE", "EXPORT_EXTENT", "AREA_OF_INTEREST", "AUTHCFG", "TOKEN")
 COLUMNS = ("Level", "Scale", "Resolution", "Tiles")
 RELOAD_DELAY_MS = 400
+LEVEL_ROLE = Qt.ItemDataRole.UserRole  # an item's level ID
+CHECKED, UNCHECKED = Qt.CheckState.Checked, Qt.CheckState.Unchecked
+NUMBER_ALIGNMENT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 
 
 class LevelChecklist(QWidget):
@@ -85,13 +89,13 @@ class LevelChecklist(QWidget):
         for row in rows:
             item = QTreeWidgetItem([str(row.level), f"1:{row.scale:,.0f}",
                                     f"{row.resolution:.6g}", row.tiles_text()])
-            item.setData(0, Qt.UserRole, row.level)
-            item.setCheckState(0, Qt.Checked if row.level in checked else Qt.Unchecked)
+            item.setData(0, LEVEL_ROLE, row.level)
+            item.setCheckState(0, CHECKED if row.level in checked else UNCHECKED)
             for column in (1, 2, 3):
-                item.setTextAlignment(column, Qt.AlignRight | Qt.AlignVCenter)
+                item.setTextAlignment(column, NUMBER_ALIGNMENT)
             if row.level not in present:
-                item.setForeground(0, self.palette().color(self.palette().Disabled,
-                                                          self.palette().Text))
+                item.setForeground(0, self.palette().color(QPalette.ColorGroup.Disabled,
+                                                          QPalette.ColorRole.Text))
                 item.setToolTip(0, "The input has no tiles at this level")
             self.tree.addTopLevelItem(item)
         self.tree.blockSignals(False)
@@ -104,19 +108,19 @@ class LevelChecklist(QWidget):
         self.changed()
 
     def levels(self) -> list[int]:
-        return [self.tree.topLevelItem(i).data(0, Qt.UserRole)
+        return [self.tree.topLevelItem(i).data(0, LEVEL_ROLE)
                 for i in range(self.tree.topLevelItemCount())]
 
     def checked(self) -> set[int]:
         items = (self.tree.topLevelItem(i) for i in range(self.tree.topLevelItemCount()))
-        return {item.data(0, Qt.UserRole) for item in items if item.checkState(0) == Qt.Checked}
+        return {item.data(0, LEVEL_ROLE) for item in items if item.checkState(0) == CHECKED}
 
     def check(self, wanted: Callable[[int], bool]) -> None:
         self.tree.blockSignals(True)
         for i in range(self.tree.topLevelItemCount()):
             item = self.tree.topLevelItem(i)
-            item.setCheckState(0, Qt.Checked if wanted(item.data(0, Qt.UserRole))
-                               else Qt.Unchecked)
+            item.setCheckState(0, CHECKED if wanted(item.data(0, LEVEL_ROLE))
+                               else UNCHECKED)
         self.tree.blockSignals(False)
         self.changed()
 

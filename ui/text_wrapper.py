@@ -11,11 +11,13 @@ from qgis.core import (
 )
 from qgis.PyQt.QtWidgets import QComboBox, QLineEdit
 
+from ..qgis_compat import MODEL_STATIC_VALUE
+
 
 def static_value(value):
     """A modeler's static value as the plain value the widgets show."""
-    Source = QgsProcessingModelChildParameterSource
-    if isinstance(value, Source) and value.source() == Source.StaticValue:
+    if (isinstance(value, QgsProcessingModelChildParameterSource)
+            and value.source() == MODEL_STATIC_VALUE):
         return value.staticValue()
     return value
 
