@@ -149,9 +149,6 @@ class TilingScheme:
         row_min = math.floor((self.origin_y - (extent.ymax - shrink)) / span_y)
         row_max = math.floor((self.origin_y - (extent.ymin + shrink)) / span_y)
         col_min, row_min = max(col_min, 0), max(row_min, 0)
-        world = self.world_grid(level)
-        if world is not None:
-            col_max, row_max = min(col_max, world.col_max), min(row_max, world.row_max)
         if col_max < col_min or row_max < row_min:
             return None
         return TileRange(row_min, row_max, col_min, col_max)
@@ -171,8 +168,10 @@ class TilingScheme:
         return -half, 2 * half
 
     def world_grid(self, level: int) -> Optional[TileRange]:
-        """Every tile a world scheme has at a level (none lies beyond the world's edges: a
-        client must not ask for them); None for other schemes."""
+        """Every tile a world scheme has at a level: none lies beyond the world's edges, so a
+        client does not ask a service for them (a local cache may still hold some: ArcGIS Pro
+        writes a column and rows beyond them in geographic packages); None for other
+        schemes."""
         span = self.world_span()
         if span is None:
             return None

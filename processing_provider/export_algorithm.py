@@ -507,6 +507,17 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
 
 
 def _with_wrapper(parameter, wrapper: str):
-    """The parameter with its dialog widget (a class in ui/, named by its dotted path)."""
-    parameter.setMetadata({"widget_wrapper": {"class": f"{UI}.{wrapper}"}})
+    """The parameter with its dialog widget (a class in ui/, named by its dotted path), where
+    Processing still has the Python WidgetWrapper API it builds on: QGIS removed that API after
+    4.0 (QEP 427), and there the parameter keeps QGIS's own text field."""
+    if _legacy_widget_wrappers():
+        parameter.setMetadata({"widget_wrapper": {"class": f"{UI}.{wrapper}"}})
     return parameter
+
+
+def _legacy_widget_wrappers() -> bool:
+    try:
+        from processing.gui.wrappers import WidgetWrapper  # noqa: F401
+    except (ImportError, AttributeError):
+        return False
+    return True

@@ -855,6 +855,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--fault-attempts", type=int, default=1,
                         help="requests per faulty tile that fail before it is served")
     parser.add_argument("--ready-file", help="write the first service URL here when listening")
+    parser.add_argument("--request-log", help="on exit, write every request answered here "
+                        "(JSON lines: started, finished, kind, status, path, query)")
     args = parser.parse_args(argv)
     if args.name and len(args.caches) > 1:
         parser.error("--name needs exactly one CACHE")
@@ -895,6 +897,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"SERVICE {url}")
         sys.stdout.flush()
         stop.wait()
+    if args.request_log:
+        with open(args.request_log, "w", encoding="utf-8") as log:
+            for entry in server.log.entries():
+                log.write(json.dumps({"started": entry.started, "finished": entry.finished,
+                                      "kind": entry.kind, "status": entry.status,
+                                      "path": entry.path, "query": entry.query}) + "\n")
     return 0
 
 

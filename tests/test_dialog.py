@@ -371,3 +371,17 @@ def test_cancel_in_the_background_stops_within_a_second_and_leaves_nothing(serve
     assert not ok
     assert after_cancel is not None and after_cancel < 1.0
     assert not target.exists() or snapshot(target) == {}
+
+
+def test_without_processings_widget_wrapper_api_the_fields_stay_plain(monkeypatch):
+    """QGIS removed Processing's Python WidgetWrapper API after 4.0 (QEP 427): there the two
+    custom fields fall back to QGIS's own text fields instead of breaking the dialog."""
+    import types
+
+    ui = "export_map_server_cache.ui"
+    assert algorithm().parameterDefinition("LEVELS").metadata() == {
+        "widget_wrapper": {"class": f"{ui}.level_wrapper.LevelListWrapper"}}
+    monkeypatch.setitem(sys.modules, "processing.gui.wrappers",
+                        types.ModuleType("processing.gui.wrappers"))
+    for name in ("INPUT_SERVICE", "LEVELS"):
+        assert "widget_wrapper" not in algorithm().parameterDefinition(name).metadata()

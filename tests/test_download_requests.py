@@ -172,3 +172,23 @@ def test_progress_counts_the_tiles_that_exist(serve, world, tmp_path):
     for match in lines:
         level, done, total = (int(g.replace(",", "")) for g in match.groups())
         assert total == per_level[level] and done <= total, match.group(0)
+
+
+def test_faults_latency_and_a_rate_limit_only_add_retries(serve, world, tmp_path):
+    """A slow server clipping tilemaps at the grid, failing 1 request in 30 (tiles and
+    tilemaps) once with 503 and holding clients to 1,000 requests/s: a tile is asked for again
+    only after a failure, and the export equals the source."""
+    cache, tiles = world
+    server = serve({"world": cache}, tilemap_clip="grid", latency=0.005, fault="503",
+                   fault_fraction=1 / 30, fault_attempts=1, fault_tilemap=True, rate_limit=1000)
+    _export(server, tmp_path / "out", NUM_OF_CACHING_SERVICE_INSTANCES=4)
+    assert v2_folder_tiles(tmp_path / "out" / "world" / "Layers" / "_alllayers") == tiles
+    for kind in ("tile", "tilemap"):
+        entries = _requests(server, kind)
+        asked = Counter(e.path for e in entries)
+        served = Counter(e.path for e in entries if e.status in (200, 404, 422))
+        assert max(served.values()) == 1, f"a {kind} was fetched twice"
+        for path, count in asked.items():  # repeats are retries of failures only
+            failures = sum(1 for e in entries if e.path == path and e.status in (429, 503))
+            assert count == served[path] + failures, path
+    assert {(e.level, e.row, e.col) for e in _requests(server, "tile")} == set(tiles)
