@@ -60,9 +60,23 @@ def tile_requests(server) -> Counter:
     return Counter((e.level, e.row, e.col) for e in server.log.entries() if e.kind == "tile")
 
 
-def test_a_10_04_server_in_a_local_crs_is_exported_as_it_describes_itself(serve, tmp_path):
+@pytest.fixture(params=[False, True], ids=["gdal-errors-as-codes", "gdal-exceptions"])
+def gdal_exceptions(request):
+    """GDAL's error mode, which is process-wide: any plugin of the desktop may switch it."""
+    from osgeo import gdal
+
+    before = gdal.GetUseExceptions()
+    (gdal.UseExceptions if request.param else gdal.DontUseExceptions)()
+    yield request.param
+    (gdal.UseExceptions if before else gdal.DontUseExceptions)()
+
+
+def test_a_10_04_server_in_a_local_crs_is_exported_as_it_describes_itself(serve, tmp_path,
+                                                                         gdal_exceptions):
     """ArcGIS Server 10.04: SAD69 / UTM 23S by wkid only, a tile origin of its own, levels that
-    stop halving at level 8, PNG32, no tilemap, no exportTiles fields."""
+    stop halving at level 8, PNG32, no tilemap, no exportTiles fields. GDAL cannot open the
+    dataset (its grid from the origin down to level 10 is too large for it): the export says so
+    and does not add it to the map, in either of GDAL's error modes."""
     service = service_fixture("mapserver-10.04-utm23s-png32.json")
     holes = {(2, 1, 1), (2, 3, 4)}
     tiles = tiles_of_extent(service, (0, 1, 2), skip=holes)
@@ -77,6 +91,8 @@ def test_a_10_04_server_in_a_local_crs_is_exported_as_it_describes_itself(serve,
     assert set(asked) == set(tiles) | holes  # every tile of the extent, and only those
     assert not [e for e in server.log.entries() if e.kind == "tilemap"]
     assert any(line.endswith("tilemap no; exportTiles not stated") for line in feedback.infos)
+    assert any("cannot open" in line and "not added to the map" in line
+               for line in feedback.warnings), feedback.text
 
     conf = ElementTree.parse(out / "conf.xml").getroot()
     info = conf.find("TileCacheInfo")
