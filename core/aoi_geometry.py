@@ -91,10 +91,10 @@ def lonlat_in_world(polygon_wkb: bytes, wrapped: bool, mercator: bool) -> bytes:
     a transformation wrapped its longitudes vertex by vertex), without the poles for Web
     Mercator, where they are infinitely far away."""
     geometry = wkb.loads(polygon_wkb)
+    if wrapped:  # first: a ring wrapped vertex by vertex crosses itself, and buffer(0) of
+        geometry = unwrap_longitudes(geometry)  # that would drop whole parts of it
     if not geometry.is_valid:
         geometry = geometry.buffer(0)
-    if wrapped:
-        geometry = unwrap_longitudes(geometry)
     geometry = wrap_into_world(geometry, -180.0, 360.0)
     if mercator:
         geometry = geometry.intersection(

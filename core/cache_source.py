@@ -14,6 +14,7 @@ from .errors import CacheError
 from .file_store import DirStore, ZipStore, find_case_insensitive
 from .geometry import Extent
 from .service_json import load_json, scheme_from_service_json
+from .service_url import redacted
 from .tiling_scheme import StorageFormat, TilingScheme
 
 if TYPE_CHECKING:
@@ -47,12 +48,14 @@ def safe_name(text: str) -> str:
 
 
 def open_cache(path: str) -> CacheSource:
-    """Open a cache dataset or tile package for reading; raise CacheError saying what is wrong."""
+    """Open a cache dataset or tile package for reading; raise CacheError saying what is wrong
+    (a URL that is not http(s) lands here too: its token stays out of the message)."""
     location = Path(path).expanduser()
+    shown = redacted(path)
     try:
         if not location.exists():
             raise CacheError(
-                f"The input {path!r} does not exist. Check the path: INPUT_SERVICE takes a cache "
+                f"The input {shown!r} does not exist. Check the path: INPUT_SERVICE takes a cache "
                 "dataset folder, a conf.xml, a .tpk or a .tpkx."
             )
         if location.is_dir():
@@ -63,16 +66,17 @@ def open_cache(path: str) -> CacheSource:
             return _open_package(location)
     except PermissionError as exc:
         raise CacheError(
-            f"The input {path!r} cannot be read: permission denied. Give your user read access "
+            f"The input {shown!r} cannot be read: permission denied. Give your user read access "
             "to the cache, or copy it somewhere readable."
         ) from exc
     except OSError as exc:
         raise CacheError(
-            f"The input {path!r} cannot be read: {exc.strerror or exc} ({exc.filename}). Check "
+            f"The input {shown!r} cannot be read: {exc.strerror or exc} "
+            f"({redacted(str(exc.filename))}). Check "
             "that the cache's files are complete and readable."
         ) from exc
     raise CacheError(
-        f"The input {path!r} is not a cache: give a cache dataset folder (with conf.xml), "
+        f"The input {shown!r} is not a cache: give a cache dataset folder (with conf.xml), "
         "a conf.xml file, a .tpk or a .tpkx tile package."
     )
 

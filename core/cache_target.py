@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Optional
 
 from .bundle_file import AtomicFile
-from .bundle_v1 import BundleV1Writer
-from .bundle_v2 import BundleV2Writer
+from .bundle_records import RecordFileReader
+from .bundle_v1 import BundleV1Reader, BundleV1Writer
+from .bundle_v2 import BundleV2Reader, BundleV2Writer
 from .cache_source import CacheSource, open_cache
 from .cache_storage import bundle_file_sizes, open_writer
 from .conf_xml import write_conf_cdi, write_conf_xml
@@ -29,7 +30,8 @@ from .package_metadata import (
     mapserver_json,
     root_json,
 )
-from .tiling_scheme import StorageFormat, TilingScheme
+from .thumbnail import draw_thumbnail
+from .tiling_scheme import StorageFormat, TileRange, TilingScheme
 from .zip_writer import ZipWriter
 
 COPY_CHUNK = 16 << 20  # large copies: small ones cost more than the disk does (bench/)
@@ -44,7 +46,7 @@ class Finish:
     extent: Extent
     geographic_extent: Optional[Extent]
     touched: set = field(default_factory=set)  # (level, brow, bcol) rewritten by the export
-    thumbnail: bytes = b""  # PNG drawn from the exported tiles, for packages
+    ranges: dict[int, TileRange] = field(default_factory=dict)  # exported tiles, per level
     deferred_removals: list = field(default_factory=list)
 
 
@@ -261,7 +263,10 @@ class PackageTarget(Target):
         if self.existing is not None:
             levels.update(self.existing.layout.levels())
             self._copy_untouched(sorted(levels), done.touched)
-        metadata = self._metadata(scheme, sorted(levels), extent, done)
+        thumbnail = draw_thumbnail(
+            lambda level, brow, bcol: self._written_bundle(level, brow, bcol, done.touched),
+            done.ranges, (scheme.tile_cols, scheme.tile_rows))
+        metadata = self._metadata(scheme, sorted(levels), extent, done, thumbnail)
         for arcname, data in metadata:
             self._zip.write_bytes(arcname, data)
         self._zip.close(first=[name for name, _ in metadata])
@@ -272,19 +277,36 @@ class PackageTarget(Target):
         shutil.rmtree(self._stage, ignore_errors=True)
         self._stage = None
 
-    def _metadata(self, scheme, levels, extent, done: Finish):
+    def _written_bundle(self, level: int, brow: int, bcol: int, touched: set
+                        ) -> Optional[RecordFileReader]:
+        """A bundle as the package will hold it: as this export wrote it into the package, or
+        the existing package's where the export left it alone; None when there is none."""
+        sources = [self._zip.open_member(arcname)
+                   for _, arcname in self._bundle_files(level, brow, bcol)]
+        if all(source is not None for source in sources):
+            if self._v2:
+                return BundleV2Reader(sources[0], brow, bcol)
+            return BundleV1Reader(sources[0], sources[1], brow, bcol)
+        for source in sources:
+            if source is not None:
+                source.close()
+        if self.existing is None or (level, brow, bcol) in touched:
+            return None
+        return self.existing.layout.open_bundle(level, brow, bcol)
+
+    def _metadata(self, scheme, levels, extent, done: Finish, thumbnail: bytes):
         name = self._name
         if self._v2:
             return [
                 ("iteminfo.json", iteminfo_json(name, done.geographic_extent)),
                 ("root.json", root_json(scheme, name, levels[0], levels[-1], extent)),
-                ("thumbnail.png", done.thumbnail),
+                ("thumbnail.png", thumbnail),
             ]
         return [
             ("esriinfo/item.pkinfo", item_pkinfo(name)),
             ("esriinfo/iteminfo.xml", iteminfo_xml(
                 name, done.geographic_extent, scheme.spatial_reference.describe())),
-            ("esriinfo/thumbnail/thumbnail.png", done.thumbnail),
+            ("esriinfo/thumbnail/thumbnail.png", thumbnail),
             ("servicedescriptions/mapserver/mapserver.json",
              mapserver_json(scheme, name, extent, done.geographic_extent)),
             ("v101/Layers/conf.cdi", write_conf_cdi(extent, scheme.spatial_reference)),

@@ -28,7 +28,6 @@ from .geometry import Extent
 from .progress import ExportProgress
 from .selection import Coverage, Selection
 from .spatial_reference import geographic_extent
-from .thumbnail import draw_thumbnail
 from .tile_composer import Action, BundleComposer, PixelOptions
 from .tile_image import DEFAULT_JPEG_QUALITY, TileEncoding
 from .tiling_scheme import PACKET_SIZE, StorageFormat, TileRange, TilingScheme
@@ -196,12 +195,7 @@ class Exporter:
             finish.geographic_extent = self.options.geographic_extent or geographic_extent(
                 finish.extent, self.source.scheme.spatial_reference
             )
-            if self.options.package:
-                scheme = self.source.scheme
-                finish.thumbnail = draw_thumbnail(
-                    self.source.layout, ranges, (scheme.tile_cols, scheme.tile_rows),
-                    self.selection.contains,
-                )
+            finish.ranges = ranges
             if self._is_canceled():
                 raise ExportCanceled("The export was canceled; the target was left unchanged.")
             target.finish(finish)

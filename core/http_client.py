@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -23,6 +24,9 @@ JPEG_START = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 AUTH_CODES = frozenset({401, 403, 498, 499})
+HTML_ERROR = re.compile(rb"Error:\s*(?:</b>)?\s*([^<]*)<.*?Code:\s*(?:</b>)?\s*(\d+)",
+                        re.IGNORECASE | re.DOTALL)
+MAX_ERROR_PAGE = 64 << 10
 # the service JSON and tilemaps: a wrong URL or a dead server is reported quickly, and a broken
 # tilemap soon gives way to plain tile requests
 SERVICE_ATTEMPTS = 3
@@ -277,6 +281,17 @@ def _json_error(body: bytes) -> Optional[tuple[int, str]]:
     return code, message
 
 
+def _html_error(body: bytes) -> Optional[tuple[int, str]]:
+    """The ArcGIS REST Framework's HTML error page ("Error: …", "Code: …"), which servers send
+    instead of JSON on some requests (an expired token on a tile, with HTTP 200)."""
+    if body.lstrip()[:1] != b"<":
+        return None
+    match = HTML_ERROR.search(body[:MAX_ERROR_PAGE])
+    if match is None:
+        return None
+    return int(match.group(2)), match.group(1).decode("utf-8", "replace").strip() or "error"
+
+
 def _check_http(response: HttpResponse) -> None:
     """Raise for what every kind of request treats alike: transport errors, auth, 5xx, 429."""
     if response.timed_out:
@@ -284,7 +299,9 @@ def _check_http(response: HttpResponse) -> None:
     status = response.status
     if status is None:
         raise _Retry(f"network error ({response.error or 'no answer'})")
-    error = _json_error(response.body) if status in AUTH_CODES or status == 200 else None
+    error = None
+    if status in AUTH_CODES or status == 200:
+        error = _json_error(response.body) or _html_error(response.body)
     code = error[0] if error else status
     if code in AUTH_CODES:
         message = error[1] if error else f"HTTP {status}"

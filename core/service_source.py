@@ -76,6 +76,12 @@ def open_service(text: str, transport: Transport, token: Optional[str] = None,
 
 def _describe(service: dict, url: ServiceUrl) -> tuple[TilingScheme, ServiceInfo]:
     what = f"The service {url}"
+    tile_info = service.get("tileInfo")
+    tile_format = str(tile_info.get("format", "")) if isinstance(tile_info, dict) else ""
+    if tile_format.upper().startswith("LERC"):  # elevation caches: rasters, not images
+        raise CacheError(
+            f"{what} serves elevation rasters ({tile_format} tiles), not an image cache: its "
+            "tiles are not images, so they cannot be exported as a map cache.")
     if service.get("singleFusedMapCache") is False or "tileInfo" not in service:
         raise CacheError(
             f"{what} has no tile cache (singleFusedMapCache is false or tileInfo is missing): "

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Optional
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from .errors import CacheError
 
 SERVICE_RE = re.compile(r"^(?P<base>.*?/(?P<kind>mapserver|imageserver))(?:/.*)?$", re.IGNORECASE)
 DROPPED_QUERY = {"f", "token", "blanktile"}
+MASK = "********"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,21 @@ def parse_service_url(text: str) -> ServiceUrl:
     token = next((v for k, v in query if k.lower() == "token" and v), None)
     extra = tuple((k, v) for k, v in query if k.lower() not in DROPPED_QUERY)
     return ServiceUrl(base, kind, token, extra)
+
+
+def redacted(text: str) -> str:
+    """`text` with the value of every `token=` of its query masked, the rest kept as typed (so
+    that a logged command still names the service it read)."""
+    head, mark, tail = text.partition("?")
+    if not mark:
+        return text
+    query, hash_mark, fragment = tail.partition("#")
+    pairs = []
+    for pair in query.split("&"):
+        key, equals, _ = pair.partition("=")
+        pairs.append(f"{key}={MASK}" if equals and unquote_plus(key).lower() == "token"
+                     else pair)
+    return head + mark + "&".join(pairs) + hash_mark + fragment
 
 
 def unquote_braces(text: str) -> str:

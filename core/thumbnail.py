@@ -1,4 +1,5 @@
-"""A package thumbnail drawn from the exported tiles (a 200x133 RGB PNG, as ArcGIS writes)."""
+"""A package thumbnail drawn from the exported tiles (a 200x133 RGB PNG, as ArcGIS writes), as
+the package holds them: clipped, converted or merged."""
 from __future__ import annotations
 
 import io
@@ -6,21 +7,20 @@ from typing import Callable, Optional
 
 from PIL import Image
 
-from .cache_storage import Layout
+from .bundle_records import RecordFileReader
 from .tiling_scheme import TileRange
+
+# (level, bundle row, bundle column) -> a reader of the bundle as written, None when there is none
+OpenBundle = Callable[[int, int, int], Optional[RecordFileReader]]
 
 SIZE = (200, 133)
 MAX_TILES = 4  # per side of the mosaic
 
 
-def draw_thumbnail(
-    layout: Layout,
-    ranges: dict[int, TileRange],
-    tile_size: tuple[int, int],
-    selected: Callable[[int, int, int], bool],
-) -> bytes:
-    """Mosaic up to 4x4 exported tiles (those `selected`) of the first level, coarse to fine,
-    whose exported tiles (`ranges`, per level) span two or more tiles."""
+def draw_thumbnail(open_bundle: OpenBundle, ranges: dict[int, TileRange],
+                   tile_size: tuple[int, int]) -> bytes:
+    """Mosaic up to 4x4 written tiles of the first level, coarse to fine, whose exported tiles
+    (`ranges`, per level) span two or more tiles."""
     chosen: Optional[int] = None
     for level in sorted(ranges):
         chosen = level
@@ -28,15 +28,14 @@ def draw_thumbnail(
             break
     canvas = Image.new("RGB", SIZE, "white")
     if chosen is not None:
-        mosaic = _mosaic(layout, chosen, ranges[chosen], tile_size, selected)
+        mosaic = _mosaic(open_bundle, chosen, ranges[chosen], tile_size)
         canvas.paste(mosaic, (0, 0))
     out = io.BytesIO()
     canvas.save(out, "PNG")
     return out.getvalue()
 
 
-def _mosaic(layout: Layout, level: int, tiles: TileRange, tile_size,
-            selected: Callable[[int, int, int], bool]) -> Image.Image:
+def _mosaic(open_bundle: OpenBundle, level: int, tiles: TileRange, tile_size) -> Image.Image:
     """The 4x4 (at most) tiles around the middle of the exported range."""
     mid_row, mid_col = (tiles.row_min + tiles.row_max) // 2, (tiles.col_min + tiles.col_max) // 2
     row0 = max(tiles.row_min, min(mid_row - MAX_TILES // 2, tiles.row_max - MAX_TILES + 1))
@@ -46,16 +45,12 @@ def _mosaic(layout: Layout, level: int, tiles: TileRange, tile_size,
     width, height = tile_size
     mosaic = Image.new("RGBA", ((window.col_max - col0 + 1) * width,
                                 (window.row_max - row0 + 1) * height), (255, 255, 255, 255))
-
-    def wanted(row: int, col: int) -> bool:
-        return window.contains(row, col) and selected(level, row, col)
-
     for brow, bcol in window.bundles():
-        reader = layout.open_bundle(level, brow, bcol, wanted)
+        reader = open_bundle(level, brow, bcol)
         if reader is None:
             continue
         for row, col in reader.present():
-            if wanted(row, col):
+            if window.contains(row, col):
                 try:
                     tile = Image.open(io.BytesIO(reader.read(row, col))).convert("RGBA")
                 except OSError:

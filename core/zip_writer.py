@@ -17,6 +17,7 @@ from typing import Optional
 
 from .crc32_combine import crc32_combine
 from .errors import CacheError
+from .file_store import FileBytes
 
 LIMIT = 0x7FFFFFFF  # like Python's zipfile: stay clear of readers that use signed 32-bit sizes
 LOCAL = struct.Struct("<4s5H3L2H")
@@ -167,6 +168,14 @@ class ZipWriter:
             self._entries[name] = entry
             self._end += entry.header_size + size
         return Region(self, entry)
+
+    def open_member(self, name: str) -> Optional[FileBytes]:
+        """A member written already, read back from the unfinished archive; None when there is
+        no such member."""
+        entry = self._entries.get(name)
+        if entry is None or not entry.done:
+            return None
+        return FileBytes(self.path, name, entry.offset + entry.header_size, entry.size)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         region = self.reserve(name, len(data))

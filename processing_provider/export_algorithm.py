@@ -39,7 +39,7 @@ from .input_layers import resolve_input
 from .qgis_network import QgisTransport
 from .qgis_values import aoi_wkb, cache_crs, lonlat_extent, to_extent
 from .result_layer import add_result_layer, viewable_path
-from .secret_parameter import SecretStringParameter
+from .secret_parameter import ENV_PREFIX, SecretStringParameter, ServiceInputParameter
 
 ICON = Path(__file__).resolve().parent.parent / "icon.png"
 HELP_URL = "https://github.com/export-map-server-cache/export_map_server_cache#readme"
@@ -179,7 +179,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         return ExportMapServerCacheAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:
-        self.addParameter(_with_wrapper(QgsProcessingParameterString(
+        self.addParameter(_with_wrapper(ServiceInputParameter(
             self.INPUT_SERVICE,
             "Input cache or service (folder, conf.xml, .tpk, .tpkx, MapServer URL or layer)"),
             "input_wrapper.InputServiceWrapper"))
@@ -426,9 +426,9 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         """TOKEN as given, or read from the environment variable NAME for `env:NAME` (so that
         it does not appear on a qgis_process command line, which qgis_process echoes)."""
         text = self.parameterAsString(parameters, self.TOKEN, context).strip()
-        if not text.startswith("env:"):
+        if not text.startswith(ENV_PREFIX):
             return text or None
-        name = text[len("env:"):]
+        name = text[len(ENV_PREFIX):]
         if not os.environ.get(name):
             raise QgsProcessingException(
                 f"TOKEN names the environment variable {name!r}, which is not set or empty.")

@@ -41,7 +41,10 @@ def _readable(conf: Path, feedback) -> Optional[Path]:
     """The dataset, unless this GDAL would misread it: GDAL 3.6's ESRIC driver gives tiles
     other than 256 px blocks of 256 px and then corrupts memory reading them, which would take
     QGIS down."""
-    dataset = gdal.Open(str(conf))
+    try:
+        dataset = gdal.Open(str(conf))
+    except RuntimeError:  # gdal.UseExceptions() is process-wide: another plugin may have set it
+        dataset = None
     if dataset is None:
         feedback.pushWarning(f"GDAL {gdal.__version__} cannot open {conf}; it is not added to "
                              "the map.")

@@ -318,6 +318,10 @@ class _Service:
         return {"adjusted": answered != window, "location": location, "valid": True,
                 "data": data}
 
+    def recorded(self, kind: str) -> Optional[tuple[int, bytes, str]]:
+        """(status, body, content type) to answer requests of `kind` with instead; None here."""
+        return None
+
     def description(self, options: ServerOptions) -> dict:
         """The service JSON (spec §7.1) before `json_overrides`."""
         scheme = self.source.scheme
@@ -405,7 +409,8 @@ class ArcGISRestServer:
     """Serves caches as ArcGIS REST tile services on a loopback port, in a background thread.
 
     `services` maps "Name", "Folder/Name" or "Name/ImageServer" to a cache path (dataset folder,
-    conf.xml, .tpk or .tpkx); a name without a type is a MapServer.
+    conf.xml, .tpk or .tpkx), or to a `_Service` of another kind (tests/replay_service.py); a
+    name without a type is a MapServer.
     """
 
     def __init__(
@@ -429,7 +434,10 @@ class ArcGISRestServer:
                     f"bad or duplicate service name {key!r}: use Name, Folder/Name, optionally "
                     "followed by /MapServer or /ImageServer"
                 )
-            service = self._services[(name, kind)] = _Service(name, kind, str(path))
+            if isinstance(path, _Service):  # made elsewhere: it takes the name it is served as
+                path.name, path.kind = name, kind
+            service = self._services[(name, kind)] = (
+                path if isinstance(path, _Service) else _Service(name, kind, str(path)))
             self._by_key[key] = self._by_key[f"{name}/{kind}"] = service
             if kind == "MapServer" or name not in self._by_key:
                 self._by_key[name] = service  # a bare name means its MapServer if it has one
@@ -532,6 +540,9 @@ class ArcGISRestServer:
         denied = _check_auth(options, query, headers)
         if denied is not None:
             return denied
+        recorded = route.service.recorded(route.kind) if route.service is not None else None
+        if recorded is not None:  # what a real server answered (tests/replay_service.py)
+            return _Reply(*recorded)
         pretty = query.get("f") == "pjson"
         if route.kind == "service":
             data = route.service.description(options)

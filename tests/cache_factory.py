@@ -119,6 +119,16 @@ def read_all_tiles(path) -> dict[tuple[int, int, int], bytes]:
     return tiles
 
 
+def read_output(path, kind: str = "dataset-v2") -> dict[tuple[int, int, int], bytes]:
+    """An export's tiles read by a reader that shares no code with the engine
+    (independent_readers.output_tiles), which the engine's reader must agree with."""
+    from independent_readers import output_tiles
+
+    tiles = output_tiles(Path(path), kind)
+    assert read_all_tiles(path) == tiles, "the engine reads the output otherwise"
+    return tiles
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file (with its bytes) and folder below `folder`, hidden ones included."""
     found: dict[str, bytes] = {}

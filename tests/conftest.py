@@ -9,6 +9,8 @@
 * ``run_qgis_process``: run ``qgis_process.bin`` headless with a throw-away profile in which the
   plugin (from ``build/plugins``) is enabled.
 * ``fixtures_dir``: the Esri-written reference caches in ``../shared/fixtures/esri-written``.
+* ``message_log``: the QGIS message log during one test (tests/recording.py).
+* ``make_authcfg``: QGIS authentication configurations stored for one test.
 """
 
 from __future__ import annotations
@@ -150,8 +152,8 @@ def fixtures_dir() -> Path:
 
 @pytest.fixture
 def serve():
-    """serve({name: cache path}, **options) -> a started loopback ArcGIS REST server
-    (scripts/arcgis_rest_server.py), stopped after the test."""
+    """serve({name: cache path or service}, **options) -> a started loopback ArcGIS REST
+    server (scripts/arcgis_rest_server.py), stopped after the test."""
     from http_helpers import rest_server_module
 
     srv = rest_server_module()
@@ -159,7 +161,8 @@ def serve():
 
     def start(services: dict, **options):
         server = srv.ArcGISRestServer(
-            {name: str(path) for name, path in services.items()}, srv.ServerOptions(**options))
+            {name: path if isinstance(path, srv._Service) else str(path)
+             for name, path in services.items()}, srv.ServerOptions(**options))
         started.append(server.start())
         return server
 
@@ -177,3 +180,38 @@ def dialog_iface(qgis_iface):
         model = QgsBrowserGuiModel()
         qgis_iface.browserModel = lambda: model
     return qgis_iface
+
+
+@pytest.fixture
+def message_log():
+    """The QGIS message log's messages during the test (tests/recording.py)."""
+    from recording import MessageLogRecorder
+
+    recorder = MessageLogRecorder()
+    yield recorder
+    recorder.close()
+
+
+@pytest.fixture
+def make_authcfg():
+    """make_authcfg(method, **config) -> the id of a QGIS authentication configuration (e.g.
+    "Basic" with username and password, "EsriToken" with token), removed after the test."""
+    from qgis.core import QgsApplication, QgsAuthMethodConfig
+
+    manager = QgsApplication.authManager()
+    if not manager.masterPasswordIsSet():
+        assert manager.setMasterPassword("throw-away-profile", True)
+    made = []
+
+    def make(method: str, **config) -> str:
+        auth = QgsAuthMethodConfig(method)
+        auth.setName(f"loopback {method}")
+        for key, value in config.items():
+            auth.setConfig(key, value)
+        assert manager.storeAuthenticationConfig(auth)[0], method
+        made.append(auth.id())
+        return auth.id()
+
+    yield make
+    for config_id in made:
+        manager.removeAuthenticationConfig(config_id)

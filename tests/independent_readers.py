@@ -183,6 +183,26 @@ def tpkutils_tiles(path: Path) -> dict[Key, bytes]:
         tpk.close()
 
 
+# --- any output of the export -----------------------------------------------------------------
+
+
+def output_tiles(out: Path, kind: str) -> dict[Key, bytes]:
+    """Every tile of an export's output (`kind`: dataset-v1, dataset-v2, dataset-exploded, tpk,
+    tpkx) through a reader that shares no code with the engine: the spec-only parser (Compact
+    V2, .tpkx), MapProxy (Compact V1), tpkutils (.tpk) or the tile files' names (Exploded)."""
+    if kind == "tpkx":
+        return tpkx_tiles(out)
+    if kind == "tpk":
+        return tpkutils_tiles(out)
+    alllayers = Path(out) / "_alllayers"
+    if kind == "dataset-v2":
+        return v2_folder_tiles(alllayers)
+    if kind == "dataset-v1":
+        return mapproxy_compact_tiles(alllayers, 1)
+    assert kind == "dataset-exploded", kind
+    return {key: path.read_bytes() for key, path in exploded_keys(alllayers).items()}
+
+
 # --- GDAL ------------------------------------------------------------------------------------
 
 

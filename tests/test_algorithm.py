@@ -1,8 +1,10 @@
 """`mapservercache:exportmapservercache` run through `processing.run`, checked from the outside.
 
-Outputs are read back with the engine's reader (`read_all_tiles`) and compared byte for byte with
-the input; the expected tile sets of extents and areas of interest are computed here from the
-tile math (spec §8.2) with coordinates transformed by pyproj, not by the plugin.
+Outputs are read back by a reader independent of the engine (cache_factory.read_output: MapProxy,
+tpkutils, the spec-only parser, file names), which the engine's reader must agree with, and
+compared byte for byte with the input; the expected tile sets of extents and areas of interest
+are computed here from the tile math (spec §8.2) with coordinates transformed by pyproj, not by
+the plugin.
 """
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ from cache_factory import (  # noqa: E402
     LEVEL0_RES,
     ORIGIN,
     read_all_tiles,
+    read_output,
     snapshot,
     web_mercator_scheme,
     write_cache,
 )
+from recording import recording_feedback  # noqa: E402
 
 from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
 
@@ -154,35 +158,6 @@ def make_cache(root: Path, name: str, tiles: dict[int, TileRange], fmt: Optional
     return folder, written
 
 
-class RecordingFeedback:
-    """Factory for a QgsProcessingFeedback that keeps warnings and errors (QGIS imported late)."""
-
-    @staticmethod
-    def create():
-        from qgis.core import QgsProcessingFeedback
-
-        class _Feedback(QgsProcessingFeedback):
-            def __init__(self):
-                super().__init__()
-                self.warnings: list[str] = []
-                self.errors: list[str] = []
-                self.infos: list[str] = []
-
-            def pushWarning(self, warning):  # noqa: N802 - QGIS API
-                self.warnings.append(warning)
-                super().pushWarning(warning)
-
-            def reportError(self, error, fatalError=False):  # noqa: N802, N803 - QGIS API
-                self.errors.append(error)
-                super().reportError(error, fatalError)
-
-            def pushInfo(self, info):  # noqa: N802 - QGIS API
-                self.infos.append(info)
-                super().pushInfo(info)
-
-        return _Feedback()
-
-
 # --- shared synthetic caches ----------------------------------------------------------------
 
 
@@ -221,7 +196,7 @@ def test_fixture_exports_to_every_kind(fixture_key, kind, fixtures_dir, tmp_path
     out = output_path(target, name, kind)
     assert Path(result["OUTPUT_CACHE_PATH"]) == out
     check_written_format(out, kind)
-    tiles = read_all_tiles(out)
+    tiles = read_output(out, kind)
     assert result["TILE_COUNT"] == len(tiles) == count
     assert tiles == source_tiles
     top = out.parent if cache_type == 0 else out
@@ -235,7 +210,7 @@ def test_levels_select_listed_levels_and_ranges(world_cache, tmp_path):
     folder, source = world_cache
     result = run_export({"INPUT_SERVICE": str(folder), "TARGET_CACHE_PATH": str(tmp_path),
                          "LEVELS": "0-2,4"})
-    tiles = read_all_tiles(result["OUTPUT_CACHE_PATH"])
+    tiles = read_output(result["OUTPUT_CACHE_PATH"])
     expected = {k: v for k, v in source.items() if k[0] in (0, 1, 2, 4)}
     assert tiles == expected
     assert result["TILE_COUNT"] == len(expected) == 1 + 4 + 16 + 256
@@ -250,7 +225,7 @@ def test_scales_select_levels_exact_and_rounded(scales, world_cache, tmp_path):
     folder, source = world_cache
     result = run_export({"INPUT_SERVICE": str(folder), "TARGET_CACHE_PATH": str(tmp_path),
                          "SCALES": scales})
-    tiles = read_all_tiles(result["OUTPUT_CACHE_PATH"])
+    tiles = read_output(result["OUTPUT_CACHE_PATH"])
     assert {k[0] for k in tiles} == {0, 3}
     assert tiles == {k: v for k, v in source.items() if k[0] in (0, 3)}
 
@@ -260,7 +235,7 @@ def test_scales_of_esri_fixture_select_levels(fixtures_dir, tmp_path):
     source = Path(fixtures_dir) / "esri-sample-compact-v2"
     result = run_export({"INPUT_SERVICE": str(source), "TARGET_CACHE_PATH": str(tmp_path),
                          "SCALES": "1:591657527.59;147914381.9"})
-    tiles = read_all_tiles(result["OUTPUT_CACHE_PATH"])
+    tiles = read_output(result["OUTPUT_CACHE_PATH"])
     assert tiles == {k: v for k, v in read_all_tiles(source).items() if k[0] in (0, 2)}
     assert result["TILE_COUNT"] == 1 + 16
 
@@ -288,7 +263,7 @@ def test_extent_in_web_mercator_selects_overlapping_tiles_only(world_cache, tmp_
     extent = f"{rect[0]!r},{rect[2]!r},{rect[1]!r},{rect[3]!r} [EPSG:3857]"
     result = run_export({"INPUT_SERVICE": str(folder), "TARGET_CACHE_PATH": str(tmp_path),
                          "EXPORT_EXTENT": extent})
-    tiles = read_all_tiles(result["OUTPUT_CACHE_PATH"])
+    tiles = read_output(result["OUTPUT_CACHE_PATH"])
     expected = {k: v for k, v in source.items() if overlaps(*k, rect)}
     assert tiles == expected
     assert result["TILE_COUNT"] == len(expected)
@@ -305,7 +280,7 @@ def test_extent_in_wgs84_over_web_mercator_cache(world_cache, tmp_path):
     rect = to_mercator(-22.5, 20.0, 45.0, 55.0)
     result = run_export({"INPUT_SERVICE": str(folder), "TARGET_CACHE_PATH": str(tmp_path),
                          "EXPORT_EXTENT": "-22.5,45,20,55 [EPSG:4326]"})
-    tiles = read_all_tiles(result["OUTPUT_CACHE_PATH"])
+    tiles = read_output(result["OUTPUT_CACHE_PATH"])
     expected = {k: v for k, v in source.items() if overlaps(*k, rect)}
     assert tiles == expected
     assert result["TILE_COUNT"] == len(expected)
@@ -353,7 +328,7 @@ def test_area_of_interest_selects_tiles_meeting_the_polygon(driver, suffix, worl
     # whole tiles: this is about which tiles are taken (test_clipping checks the pixels)
     result = run_export({"INPUT_SERVICE": str(folder), "TARGET_CACHE_PATH": str(tmp_path / "o"),
                          "AREA_OF_INTEREST": str(aoi), "DISABLE_CLIPPING": True})
-    tiles = read_all_tiles(result["OUTPUT_CACHE_PATH"])
+    tiles = read_output(result["OUTPUT_CACHE_PATH"])
     parts = [to_mercator(*part) for part in L_PARTS]
     expected = {k: v for k, v in source.items() if any(overlaps(*k, p) for p in parts)}
     assert tiles == expected
@@ -381,11 +356,11 @@ def test_point_layer_as_area_of_interest_is_an_error(world_cache, tmp_path):
 def test_area_of_interest_wins_over_extent_with_a_warning(world_cache, tmp_path):
     folder, source = world_cache
     aoi = write_vector(tmp_path / "aoi.geojson", "GeoJSON", [l_shape_wkt()])
-    feedback = RecordingFeedback.create()
+    feedback = recording_feedback()
     result = run_export({"INPUT_SERVICE": str(folder), "TARGET_CACHE_PATH": str(tmp_path / "o"),
                          "AREA_OF_INTEREST": str(aoi), "DISABLE_CLIPPING": True,
                          "EXPORT_EXTENT": "100,170,-40,-10 [EPSG:4326]"}, feedback=feedback)
-    tiles = read_all_tiles(result["OUTPUT_CACHE_PATH"])
+    tiles = read_output(result["OUTPUT_CACHE_PATH"])
     parts = [to_mercator(*part) for part in L_PARTS]
     assert tiles == {k: v for k, v in source.items() if any(overlaps(*k, p) for p in parts)}
     warnings = " ".join(feedback.warnings)
@@ -454,7 +429,7 @@ def test_merge_into_existing_cache(kind, overwrite, merge_sources, tmp_path):
     common = {"TARGET_CACHE_PATH": str(tmp_path), "EXPORT_CACHE_TYPE": cache_type,
               "STORAGE_FORMAT_TYPE": storage}
     first = run_export({**common, "INPUT_SERVICE": str(old_folder)})
-    assert read_all_tiles(first["OUTPUT_CACHE_PATH"]) == old_tiles
+    assert read_output(first["OUTPUT_CACHE_PATH"], kind) == old_tiles
     result = run_export({**common, "INPUT_SERVICE": str(new_folder), "LEVELS": "3",
                          "EXPORT_EXTENT": merge_extent(), "OVERWRITE": overwrite})
     assert result["OUTPUT_CACHE_PATH"] == first["OUTPUT_CACHE_PATH"]
@@ -465,7 +440,7 @@ def test_merge_into_existing_cache(kind, overwrite, merge_sources, tmp_path):
     if overwrite:
         for key in MERGE_SKIPPED:
             del expected[key]
-    tiles = read_all_tiles(result["OUTPUT_CACHE_PATH"])
+    tiles = read_output(result["OUTPUT_CACHE_PATH"], kind)
     assert tiles.keys() == expected.keys()
     for key, data in tiles.items():
         if overwrite or key not in exported:
@@ -535,7 +510,7 @@ def test_worker_count_does_not_change_the_output(kind, multi_bundle_cache, tmp_p
                              "EXPORT_CACHE_TYPE": cache_type, "STORAGE_FORMAT_TYPE": storage,
                              "NUM_OF_CACHING_SERVICE_INSTANCES": workers})
         assert result["TILE_COUNT"] == len(source)
-        assert read_all_tiles(result["OUTPUT_CACHE_PATH"]) == source
+        assert read_output(result["OUTPUT_CACHE_PATH"], kind) == source
         out = Path(result["OUTPUT_CACHE_PATH"])
         if cache_type == 0:
             outputs.append(snapshot(out))

@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cache_factory import snapshot, web_mercator_scheme, write_cache  # noqa: E402
+from cache_factory import snapshot, tile_image, web_mercator_scheme, write_cache  # noqa: E402
 
 from export_map_server_cache.core.tiling_scheme import StorageFormat, TileRange  # noqa: E402
 
@@ -270,6 +270,34 @@ def test_corrupt_bundle_leaves_an_existing_target_unchanged(output, pristine, tm
     corrupt_v2_version(source / "Layers" / "_alllayers" / f"{LAST_BUNDLE}.bundle")
     assert_fails_cleanly({"INPUT_SERVICE": str(source), "EXPORT_CACHE_TYPE": cache_type,
                           "COPY_DATA_FROM_SERVER": True, "OVERWRITE": True}, target,
+                         "not a Compact V2 bundle header")
+
+
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="issue 13: an update with COPY_DATA_FROM_SERVER=false rewrites the target's bundles "
+    "in place one by one, so 7 of 8 are replaced before the corrupt one is met; all-or-nothing "
+    "updates come with issue 13 (remove this mark then)")
+def test_corrupt_bundle_leaves_an_existing_dataset_unchanged_without_staging(pristine,
+                                                                            tmp_path):
+    """The default update (COPY_DATA_FROM_SERVER=false) of an existing dataset holding all 8
+    bundles of the input, from a copy whose last bundle is corrupt: README's Safety, "Bad
+    input gives a clear message and leaves nothing half-written"."""
+    import processing
+
+    target = prepared_target(tmp_path)
+    other = tmp_path / "other" / "multi"  # the same tiling scheme and bundles, other tiles
+    tiles = {z: TileRange(0, 2**z - 1, 0, 2**z - 1) for z in range(4)}
+    tiles[8] = TileRange(124, 131, 124, 131)
+    write_cache(other / "Layers", web_mercator_scheme(12), tiles,
+                make=lambda level, row, col: tile_image(level, row, col + 1))
+    common = {"TARGET_CACHE_PATH": str(target), "EXPORT_CACHE_TYPE": 0,
+              "STORAGE_FORMAT_TYPE": 1, "NUM_OF_CACHING_SERVICE_INSTANCES": 1}
+    processing.run(ALG, {**common, "INPUT_SERVICE": str(other)})
+    assert len(list(target.rglob("*.bundle"))) == 8
+    source = copy_of(pristine, StorageFormat.COMPACT_V2, tmp_path)
+    corrupt_v2_version(source / "Layers" / "_alllayers" / f"{LAST_BUNDLE}.bundle")
+    assert_fails_cleanly({"INPUT_SERVICE": str(source)}, target,
                          "not a Compact V2 bundle header")
 
 

@@ -34,7 +34,7 @@ from cache_factory import (  # noqa: E402
     web_mercator_scheme,
     write_cache,
 )
-from independent_readers import gdal_tile  # noqa: E402
+from independent_readers import gdal_tile, v2_folder_tiles  # noqa: E402
 from test_algorithm import KINDS, run_export  # noqa: E402
 
 from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
@@ -546,14 +546,30 @@ def spherical_mercator(lon: float, lat: float) -> tuple[float, float]:
             EARTH_RADIUS * math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)))
 
 
-def test_antimeridian_three_ways_give_the_same_pixels(opaque_cache, tmp_path):
-    folder, source = opaque_cache
-    layers = {
-        "lon 170..190": write_layer(tmp_path / "a.gpkg", 4326, [polygon(L_ACROSS)]),
-        "split at 180": write_layer(tmp_path / "b.gpkg", 4326, [L_SPLIT]),
+def antimeridian_layers(folder: Path) -> dict[str, Path]:
+    """The L shape across the antimeridian, four ways: longitudes beyond 180, split at 180,
+    Web Mercator beyond x = 20037508 m, and PDC Mercator (EPSG:3832, centred on 150 E), a
+    projected CRS in which it is one piece (vertices transformed by OSR)."""
+    from osgeo import osr
+
+    pacific = osr.CoordinateTransformation(srs(4326), srs(3832))
+    return {
+        "lon 170..190": write_layer(folder / "a.gpkg", 4326, [polygon(L_ACROSS)]),
+        "split at 180": write_layer(folder / "b.gpkg", 4326, [L_SPLIT]),
         "3857 beyond x=20037508": write_layer(
-            tmp_path / "c.gpkg", 3857, [polygon([spherical_mercator(*p) for p in L_ACROSS])]),
+            folder / "c.gpkg", 3857, [polygon([spherical_mercator(*p) for p in L_ACROSS])]),
+        "3832 centred on the Pacific": write_layer(
+            folder / "d.gpkg", 3832, [polygon([pacific.TransformPoint(*p)[:2]
+                                               for p in L_ACROSS])]),
     }
+
+
+def test_antimeridian_four_ways_give_the_same_pixels(opaque_cache, tmp_path):
+    """README: "polygons crossing the antimeridian of Web Mercator and WGS 84 caches (split at
+    ±180, given with longitudes beyond 180, or in a projected CRS centred on the Pacific)
+    work" (Web Mercator here; WGS 84 below)."""
+    folder, source = opaque_cache
+    layers = antimeridian_layers(tmp_path)
     expected_geometry = to_mercator(L_SPLIT, 4326)
     xs = [expected_geometry.GetGeometryRef(i).GetEnvelope()[:2] for i in range(2)]
     assert xs[0][1] == pytest.approx(20037508.34, abs=1) and xs[1][0] == pytest.approx(
@@ -568,6 +584,78 @@ def test_antimeridian_three_ways_give_the_same_pixels(opaque_cache, tmp_path):
             cols = {k[2] for k in out if k[0] == level}
             assert 0 in cols and 2**level - 1 in cols, (name, level, sorted(cols))
         assert not [k for k in out if k[0] == 5], name
+        pixels[name] = {k: rgba(v) for k, v in out.items()}
+    names = list(pixels)
+    for name in names[1:]:
+        assert pixels[name].keys() == pixels[names[0]].keys(), name
+        for key, value in pixels[name].items():
+            assert (value == pixels[names[0]][key]).all(), (name, key)
+
+
+WGS84_LEVEL0_RES = 0.703125  # two 256-px tiles across the world at level 0
+
+
+class LonLatMasks:
+    """The masks of the L shape on a WGS 84 tile grid (origin -180, 90), from arithmetic: its
+    edges are meridians and parallels, so a pixel centre is inside when its longitude (taken
+    in 0..360) and latitude fall in one of the L's two rectangles. The band holds the pixels
+    within one pixel of an edge's line."""
+
+    RECTANGLES = ((170.0, 190.0, -30.0, -10.0), (170.0, 178.0, -10.0, 25.0))
+    MERIDIANS, PARALLELS = (170.0, 178.0, 190.0), (-30.0, -10.0, 25.0)
+
+    def tile(self, key: Key) -> tuple[np.ndarray, np.ndarray]:
+        level, row, col = key
+        res = WGS84_LEVEL0_RES / 2**level
+        j, i = np.mgrid[0:SIZE, 0:SIZE]
+        lon = -180.0 + (col * SIZE + i + 0.5) * res
+        lat = 90.0 - (row * SIZE + j + 0.5) * res
+        lon = np.where(lon < 0, lon + 360.0, lon)
+        mask = np.zeros((SIZE, SIZE), bool)
+        for west, east, south, north in self.RECTANGLES:
+            mask |= (west <= lon) & (lon <= east) & (south <= lat) & (lat <= north)
+        band = np.zeros((SIZE, SIZE), bool)
+        for meridian in self.MERIDIANS:
+            band |= np.abs(lon - meridian) < res
+        for parallel in self.PARALLELS:
+            band |= np.abs(lat - parallel) < res
+        return mask, band & grow(mask, 2)
+
+
+@pytest.fixture(scope="module")
+def wgs84_cache(tmp_path_factory) -> tuple[Path, dict[Key, bytes]]:
+    """An opaque PNG WGS 84 cache covering the world at levels 1-3 (168 tiles)."""
+    from export_map_server_cache.core.spatial_reference import SpatialReference
+    from export_map_server_cache.core.tiling_scheme import Lod, StorageFormat, TilingScheme
+
+    scheme = TilingScheme(
+        spatial_reference=SpatialReference(wkid=4326).with_defaults(), origin_x=-180.0,
+        origin_y=90.0, tile_cols=SIZE, tile_rows=SIZE, dpi=96,
+        lods=tuple(Lod(z, WGS84_LEVEL0_RES / 2**z, 295828763.795777 / 2**z) for z in range(5)),
+        tile_format="PNG", compression_quality=0, storage_format=StorageFormat.COMPACT_V2)
+    folder = tmp_path_factory.mktemp("wgs84") / "geographic"
+    tiles = write_cache(folder / "Layers", scheme,
+                        {z: TileRange(0, 2**z - 1, 0, 2**(z + 1) - 1) for z in (1, 2, 3)},
+                        make=lambda *key: encode(pattern(*key), "PNG"))
+    return folder, tiles
+
+
+def test_antimeridian_on_a_wgs84_cache(wgs84_cache, tmp_path):
+    """The same four ways on a WGS 84 cache, against masks from the L's own arithmetic; the
+    output read by the spec-only Compact V2 parser."""
+    folder, source = wgs84_cache
+    expected = LonLatMasks()
+    pixels = {}
+    for name, aoi in antimeridian_layers(tmp_path).items():
+        result = run_export({"INPUT_SERVICE": str(folder), "AREA_OF_INTEREST": str(aoi),
+                             "TARGET_CACHE_PATH": str(tmp_path / name.replace(" ", "_"))})
+        out = v2_folder_tiles(Path(result["OUTPUT_CACHE_PATH"]) / "_alllayers")
+        assert result["TILE_COUNT"] == len(out)
+        tally = check_alpha_output(out, source, expected)
+        assert tally.clipped >= 4, (name, tally)
+        for level in (1, 2, 3):  # both sides of the antimeridian
+            cols = {k[2] for k in out if k[0] == level}
+            assert 0 in cols and 2**(level + 1) - 1 in cols, (name, level, sorted(cols))
         pixels[name] = {k: rgba(v) for k, v in out.items()}
     names = list(pixels)
     for name in names[1:]:

@@ -87,8 +87,33 @@ def test_scales_match_with_a_small_relative_tolerance():
         select_levels("1", "591657527.591555", SCHEME)
 
 
+# the spec's conf.xml and conf.cdi (§4.3, §5) for Web Mercator, without their indentation
+WEB_MERCATOR_SR_XML = (
+    b'<SpatialReference xsi:type="typens:ProjectedCoordinateSystem"><WKT>PROJCS["WGS_1984_Web_'
+    b'Mercator_Auxiliary_Sphere",GEOGCS["GCS_WGS_1984",DATUM["D_WGS_1984",SPHEROID["WGS_1984",'
+    b'6378137.0,298.257223563]],PRIMEM["Greenwich",0.0],UNIT["Degree",0.0174532925199433]],'
+    b'PROJECTION["Mercator_Auxiliary_Sphere"],PARAMETER["False_Easting",0.0],PARAMETER["False_'
+    b'Northing",0.0],PARAMETER["Central_Meridian",0.0],PARAMETER["Standard_Parallel_1",0.0],'
+    b'PARAMETER["Auxiliary_Sphere_Type",0.0],UNIT["Meter",1.0],AUTHORITY["EPSG",3857]]</WKT>'
+    b"<XOrigin>-20037700</XOrigin><YOrigin>-30241100</YOrigin><XYScale>148923141.92838538"
+    b"</XYScale><ZOrigin>-100000</ZOrigin><ZScale>10000</ZScale><MOrigin>-100000</MOrigin>"
+    b"<MScale>10000</MScale><XYTolerance>0.001</XYTolerance><ZTolerance>0.001</ZTolerance>"
+    b"<MTolerance>0.001</MTolerance><HighPrecision>true</HighPrecision><WKID>102100</WKID>"
+    b"<LatestWKID>3857</LatestWKID></SpatialReference>")
+XML_HEAD = (b'<?xml version="1.0" encoding="utf-8" ?><EnvelopeN xsi:type="typens:EnvelopeN" '
+            b'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xs="http://www.w3.org/'
+            b'2001/XMLSchema" xmlns:typens="http://www.esri.com/schemas/ArcGIS/10.3">')
+
+
 def test_conf_xml_round_trip_keeps_every_value():
     data = write_conf_xml(SCHEME)
+    assert WEB_MERCATOR_SR_XML in data
+    assert (b'<TileOrigin xsi:type="typens:PointN"><X>-20037508.342787</X><Y>20037508.342787'
+            b"</Y></TileOrigin><TileCols>256</TileCols><TileRows>256</TileRows><DPI>96</DPI>"
+            b"<PreciseDPI>96</PreciseDPI>") in data
+    assert (b'<LODInfo xsi:type="typens:LODInfo"><LevelID>0</LevelID><Scale>591657527.591555'
+            b"</Scale><Resolution>156543.03392800014</Resolution></LODInfo>") in data
+    assert b"<StorageFormat>esriMapCacheStorageModeCompactV2</StorageFormat>" in data
     assert parse_conf_xml(data) == SCHEME
     parsed = parse_conf_xml(data)
     assert parsed.lods == SCHEME.lods  # exact doubles, not rounded
@@ -98,7 +123,12 @@ def test_conf_xml_round_trip_keeps_every_value():
 
 def test_conf_cdi_round_trip():
     extent = Extent(-13957367.097127762, 2138191.3488613046, -7435700.216165917, 7765256.993362999)
-    assert parse_conf_cdi(write_conf_cdi(extent, SCHEME.spatial_reference)) == extent
+    data = write_conf_cdi(extent, SCHEME.spatial_reference)
+    assert data == XML_HEAD + (  # the spec's example (§5), 7765256.9933629986 the same double
+        b"<XMin>-13957367.097127762</XMin><YMin>2138191.3488613046</YMin><XMax>"
+        b"-7435700.216165917</XMax><YMax>7765256.993362999</YMax>") + WEB_MERCATOR_SR_XML + (
+        b"</EnvelopeN>")
+    assert parse_conf_cdi(data) == extent
 
 
 def test_gdal_readable_lods_drop_level_23_unless_it_holds_tiles():
@@ -108,8 +138,16 @@ def test_gdal_readable_lods_drop_level_23_unless_it_holds_tiles():
 
 def test_root_json_round_trips_through_the_service_json_reader():
     extent = Extent(0, 0, 1000, 1000)
-    root = json.loads(root_json(SCHEME, "x", 2, 5, extent))
-    assert root_json(SCHEME, "x", 2, 5, extent).index(b"tileBundlesPath") < 512
+    data = root_json(SCHEME, "x", 2, 5, extent)
+    assert data.startswith(  # the key order of the spec's example (§6.2), for GDAL
+        b'{"version":1.0,"name":"x","tileBundlesPath":"./tile","storageInfo":{"storageFormat":'
+        b'"esriMapCacheStorageModeCompactV2","packetSize":128},"tileImageInfo":{"format":"PNG",'
+        b'"compressionQuality":0,"bandCount":1,"lercError":0},"serviceDescription":"",')
+    root = json.loads(data)
+    assert (root["minScale"], root["maxScale"]) == (147914381.897889, 18489297.737236)
+    assert root["tileInfo"]["origin"] == {"x": -20037508.342787, "y": 20037508.342787}
+    assert root["tileInfo"]["lods"][0] == {"level": 0, "resolution": 156543.03392800014,
+                                           "scale": 591657527.591555}
     scheme = scheme_from_service_json(root, "root.json")
     assert scheme.spatial_reference.same_crs(SCHEME.spatial_reference)
     assert scheme.spatial_reference.domain == SCHEME.spatial_reference.domain  # flag restored
@@ -120,6 +158,10 @@ def test_root_json_round_trips_through_the_service_json_reader():
 
 def test_spatial_reference_domain_survives_json_and_xml():
     sr = SpatialReference(wkid=102100, latest_wkid=3857).with_defaults()
+    assert sr.to_json() == {  # ArcGIS's domain of Web Mercator (spec §4.3, §6.2)
+        "wkid": 102100, "latestWkid": 3857, "falseX": -20037700, "falseY": -30241100,
+        "xyUnits": 148923141.92838538, "falseZ": -100000, "zUnits": 10000, "falseM": -100000,
+        "mUnits": 10000, "xyTolerance": 0.001, "zTolerance": 0.001, "mTolerance": 0.001}
     back = SpatialReference.from_json(sr.to_json())
     assert back.same_crs(sr) and dict(back.domain)["XYScale"] == "148923141.92838538"
     assert SpatialReference(wkid=3857).same_crs(SpatialReference(wkid=102100, latest_wkid=3857))

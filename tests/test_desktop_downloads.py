@@ -15,7 +15,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cache_factory import web_mercator_scheme, write_cache  # noqa: E402
-from test_algorithm import RecordingFeedback  # noqa: E402
+from recording import recording_feedback  # noqa: E402
 from test_dialog import run_task  # noqa: E402
 from test_http_export import run_export  # noqa: E402
 
@@ -103,7 +103,7 @@ def test_the_desktop_downloads_as_fast_as_processing_run(serve, sparse_world, tm
             rates["cli"].append(rate)
 
             server.log.clear()
-            feedback = RecordingFeedback.create()
+            feedback = recording_feedback()
             ok, _, _, _, _ = run_task(
                 {**params, "TARGET_CACHE_PATH": str(tmp_path / f"desktop{attempt}")}, feedback,
                 timeout=300)

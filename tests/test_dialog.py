@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cache_factory import snapshot  # noqa: E402
-from test_algorithm import RecordingFeedback  # noqa: E402
+from recording import recording_feedback  # noqa: E402
 from test_http_export import SAMPLE  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("plugin_provider")
@@ -265,7 +265,7 @@ def run_task(parameters: dict, feedback, cancel_when=None, timeout: float = 60):
 def test_background_run_reports_per_level_progress_and_hands_the_result_over(serve,
                                                                              tmp_path):
     server = serve({"world": SAMPLE}, latency=0.02)
-    feedback = RecordingFeedback.create()
+    feedback = recording_feedback()
     progress: list[float] = []
     feedback.progressChanged.connect(progress.append)
     ok, results, context, turns, _ = run_task(
@@ -306,7 +306,7 @@ def test_an_aoi_export_lands_on_the_map_clipped_to_the_polygon(project_layers, t
     from qgis.PyQt.QtGui import QColor
 
     outline = project_layers(france_layer())
-    feedback = RecordingFeedback.create()
+    feedback = recording_feedback()
     ok, results, context, _, _ = run_task(
         {"INPUT_SERVICE": str(SAMPLE / "Layers"), "LEVELS": "0-5", "LOAD_RESULT": True,
          "AREA_OF_INTEREST": outline.id(), "TARGET_CACHE_PATH": str(tmp_path)}, feedback)
@@ -346,7 +346,7 @@ def test_an_aoi_export_lands_on_the_map_clipped_to_the_polygon(project_layers, t
     (1, 1, "GDAL 3.6"), (0, 0, "reads only Compact V2"), (1, 0, "reads only Compact V2")])
 def test_outputs_qgis_cannot_show_get_a_message_instead_of_a_layer(cache_type, storage,
                                                                    message, tmp_path):
-    feedback = RecordingFeedback.create()
+    feedback = recording_feedback()
     ok, _, context, _, _ = run_task(
         {"INPUT_SERVICE": str(SAMPLE / "Layers"), "LEVELS": "0-1", "LOAD_RESULT": True,
          "TARGET_CACHE_PATH": str(tmp_path), "EXPORT_CACHE_TYPE": cache_type,
@@ -358,7 +358,7 @@ def test_outputs_qgis_cannot_show_get_a_message_instead_of_a_layer(cache_type, s
 
 def test_cancel_in_the_background_stops_within_a_second_and_leaves_nothing(serve, tmp_path):
     server = serve({"world": SAMPLE}, latency=0.2)
-    feedback = RecordingFeedback.create()
+    feedback = recording_feedback()
     target = tmp_path / "out"
 
     def tiles_requested():

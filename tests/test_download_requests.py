@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from cache_factory import web_mercator_scheme, write_cache  # noqa: E402
 from independent_readers import v2_folder_tiles  # noqa: E402
-from test_http_export import Recorder, run_export  # noqa: E402
+from recording import recording_feedback  # noqa: E402
+from test_http_export import run_export  # noqa: E402
 
 from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
 
@@ -139,11 +140,11 @@ def test_a_smaller_full_extent_bounds_the_requests(serve, world, tmp_path):
 def test_estimate_counts_tiles_inside_the_grid(serve, world, tmp_path, tilemap):
     cache, tiles = world
     server = serve({"world": cache}, tilemap=tilemap)
-    recorder = Recorder()
-    result = _export(server, tmp_path / "e", recorder.feedback, ESTIMATE_ONLY=True)
+    recorder = recording_feedback()
+    result = _export(server, tmp_path / "e", recorder, ESTIMATE_ONLY=True)
     per_level = Counter(level for level, _, _ in tiles)
     for level in LEVELS:
-        line = next(t for t in recorder.lines if t.startswith(f"Level {level}: "))
+        line = next(t for t in recorder.infos if t.startswith(f"Level {level}: "))
         area = re.search(r"\((\d+) tiles in the export area\)", line)
         assert area and int(area.group(1)) == 4**level, line
         count = int(re.match(rf"Level {level}: (\d+) tiles", line).group(1))
@@ -162,10 +163,10 @@ def test_progress_counts_the_tiles_that_exist(serve, world, tmp_path):
     level, and the time left shrinks as tiles come."""
     cache, tiles = world
     server = serve({"world": cache}, latency=0.02)
-    recorder = Recorder()
-    _export(server, tmp_path / "p", recorder.feedback, NUM_OF_CACHING_SERVICE_INSTANCES=4)
+    recorder = recording_feedback()
+    _export(server, tmp_path / "p", recorder, NUM_OF_CACHING_SERVICE_INSTANCES=4)
     per_level = Counter(level for level, _, _ in tiles)
-    lines = [re.match(r"Level (\d+): ([\d,]+) of ([\d,]+) tiles", t) for t in recorder.lines]
+    lines = [re.match(r"Level (\d+): ([\d,]+) of ([\d,]+) tiles", t) for t in recorder.infos]
     lines = [m for m in lines if m]
     assert lines, recorder.text
     for match in lines:

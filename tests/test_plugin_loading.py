@@ -120,9 +120,13 @@ class _WebMenuIface:
 
 
 def test_init_gui_adds_action_and_unload_removes_it(
-    qgis_processing, qgis_iface, clean_registry, monkeypatch
+    qgis_processing, dialog_iface, clean_registry, monkeypatch
 ):
+    """README: "Open it from **Web > Export Map Server Cache > Export Map Server Cache…** (or
+    its Web toolbar button)": the menu's action opens the algorithm's Processing dialog."""
     from export_map_server_cache import classFactory
+
+    qgis_iface = dialog_iface
 
     web = _WebMenuIface(qgis_iface)
     for name in ("addPluginToWebMenu", "removePluginWebMenu", "addWebToolBarIcon",
@@ -140,12 +144,46 @@ def test_init_gui_adds_action_and_unload_removes_it(
         menu_actions = [a for m in web.menus.values() for a in m.actions()]
         assert action in menu_actions
         assert action in web.toolbar.actions()
+        assert _dialog_opened_by(menu_actions[menu_actions.index(action)]) == ALGORITHM_ID
     finally:
         plugin.unload()
     assert plugin.action is None
     assert not [a for m in web.menus.values() for a in m.actions()]
     assert not web.toolbar.actions()
     assert _registry().providerById(PROVIDER_ID) is None
+
+
+def _dialog_opened_by(action) -> str:
+    """Trigger the action and return the id of the algorithm whose Processing dialog it opened
+    (read, then closed, from inside the dialog's modal loop); "" when none opened."""
+    from qgis.PyQt.QtCore import QTimer
+    from qgis.PyQt.QtWidgets import QApplication, QDialog
+
+    opened = []
+
+    def shown() -> list:
+        return [widget for widget in QApplication.topLevelWidgets()
+                if isinstance(widget, QDialog) and widget.isVisible()]
+
+    def look(tries: int = 100) -> None:
+        dialogs = shown()
+        if not dialogs:
+            if tries:  # not shown yet (or never: then action.trigger() has returned)
+                QTimer.singleShot(100, lambda: look(tries - 1))
+            return
+        for dialog in dialogs:
+            algorithm = getattr(dialog, "algorithm", None)
+            opened.append(algorithm().id() if algorithm is not None else repr(dialog))
+            dialog.reject()
+
+    def close_any() -> None:  # a dialog look() could not close must not hang the suite
+        for dialog in shown():
+            dialog.reject()
+
+    QTimer.singleShot(200, look)
+    QTimer.singleShot(20_000, close_any)
+    action.trigger()
+    return opened[0] if opened else ""
 
 
 def _qgis_json(result: subprocess.CompletedProcess) -> dict:

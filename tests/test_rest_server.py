@@ -588,21 +588,30 @@ def test_fault_attempts_fraction_seed_and_scope(srv, rest, tiles):
 
 
 def test_rate_limit_answers_429_and_does_not_count_rejections(srv):
+    """At most `rate_limit` requests are served in any second; rejections do not count, so a
+    client that keeps asking is served again once the served ones are a second old. Judged
+    by order and count (the first 200 after a run of 429s), not by a tight clock."""
     url = srv.service_url("world_map") + "/tile/0/0/0"
     srv.options.rate_limit = 4
-    first = time.monotonic()
+    begun = time.monotonic()  # requests of earlier tests may still end in this one's log
     answers = [get(url) for _ in range(6)]
     assert [a[0] for a in answers] == [200] * 4 + [429] * 2
     assert answers[4][1]["Retry-After"] == "1"
     assert answers[4][2] == error_body(429, "Too Many Requests")
     srv.options.retry_after = 0.5
-    time.sleep(max(0.0, first + 0.5 - time.monotonic()))
-    assert [(s, h["Retry-After"]) for s, h, _ in (get(url) for _ in range(3))] == [
-        (429, "0.5")] * 3
-    time.sleep(max(0.0, first + 1.05 - time.monotonic()))
-    # Had the rejections counted, the window would still be full.
-    assert [get(url)[0] for _ in range(5)] == [200] * 4 + [429]
-    assert [r.status for r in srv.log.entries()].count(429) == 6
+    assert get(url)[1]["Retry-After"] == "0.5"
+    # keep asking every 20 ms: counted rejections would keep the window full for ever
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and get(url)[0] == 429:
+        time.sleep(0.02)
+    records = [r for r in srv.log.entries() if r.started >= begun]
+    statuses = [r.status for r in records]
+    assert statuses[-1] == 200 and statuses.count(200) == 5, statuses
+    served, again = [r for r in records if r.status == 200][:4], records[-1]
+    rejected = [r for r in records if r.status == 429]
+    assert len(rejected) >= 10  # asked all along, and refused while the four were recent
+    assert again.started >= min(r.started for r in served) + 1.0 - 0.01
+    assert again.started - rejected[-1].started < 1.0  # a rejection was in the last second
 
 
 def test_basic_auth(srv, tiles):
@@ -639,7 +648,7 @@ def test_token(srv, tiles):
 
 def test_request_log_and_concurrency(srv):
     world = srv.service_url("world_map")
-    srv.options.latency = 0.4
+    srv.options.latency = 1.0  # long enough for eight threads to start on a busy machine
     barrier = threading.Barrier(8)
     results = {}
 
@@ -648,12 +657,10 @@ def test_request_log_and_concurrency(srv):
         results[i] = get(f"{world}/tile/3/1/{i}?n={i}", headers={"X-Test": str(i)})[0]
 
     threads = [threading.Thread(target=fetch, args=(i,)) for i in range(8)]
-    started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert time.monotonic() - started < 8 * 0.4 / 2
     assert results == {i: 200 for i in range(8)}
     assert srv.log.max_concurrency == 8
     records = srv.log.entries()
@@ -664,9 +671,9 @@ def test_request_log_and_concurrency(srv):
         assert record.query == {"n": str(record.col)}
         assert record.headers["x-test"] == str(record.col)
         assert record.headers["user-agent"].startswith("Python-urllib")
-        assert record.finished - record.started >= 0.4
-    overlap = min(r.finished for r in records) - max(r.started for r in records)
-    assert overlap > 0.3
+        assert record.finished - record.started >= 1.0
+    # served side by side: every request arrived before the first one was answered
+    assert max(r.started for r in records) < min(r.finished for r in records)
     srv.log.clear()
     assert (srv.log.entries(), srv.log.max_concurrency) == ([], 0)
 
