@@ -323,7 +323,8 @@ def _tilemap_tiles(answer: dict, window: TileRange
                    ) -> Optional[tuple[list[tuple[int, int]], TileRange]]:
     """The tiles of `window` a tilemap answer marks present and the part of the window it
     answered for (an "adjusted" answer covers less: clipped at a bundle, a block or the grid's
-    edge); None when the answer is unusable or covers nothing of the window."""
+    edge; one clipped to an empty location says there is nothing, as ArcGIS clients read it);
+    None when the answer is unusable or covers nothing of the window."""
     location = answer.get("location") or {}
     try:
         top = int(location.get("top", window.row_min))
@@ -333,8 +334,11 @@ def _tilemap_tiles(answer: dict, window: TileRange
         data = answer["data"]
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    if (answer.get("valid") is False or not isinstance(data, list) or width < 1 or height < 1
-            or len(data) != width * height):
+    if answer.get("valid") is False or not isinstance(data, list) or width < 0 or height < 0:
+        return None
+    if width == 0 or height == 0:  # clipped to nothing (beyond the server's grid): no tile
+        return [], window
+    if len(data) != width * height:
         return None
     covered = window.intersection(TileRange(top, top + height - 1, left, left + width - 1))
     if covered is None:

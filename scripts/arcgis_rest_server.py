@@ -46,7 +46,7 @@ FAULTS = ("500", "503", "429", "json200", "html", "truncated", "short", "hang", 
 TILEMAP_CLIPS = ("window", "bundle", "block", "grid")
 # When a tilemap answers 422: only for a window with no tile at all; also when the answered
 # (clipped) part is empty though the rest of the window has tiles (Esri BUG-000158087); never
-# (an all-zero map instead).
+# (an all-zero map instead, and for a window wholly beyond the grid an empty location).
 TILEMAP_422S = ("window", "answered", "never")
 # The body of a 404 for a missing tile: ArcGIS's JSON error (application/json), the same JSON
 # sent as text/plain, an HTML page, or nothing.
@@ -303,8 +303,11 @@ class _Service:
             answered = window.intersection(grid) if grid is not None else window
         else:
             answered = window
-        if answered is None:
-            return None
+        if answered is None:  # wholly beyond the grid or block: 422, or an empty location
+            if options.tilemap_422 != "never":
+                return None
+            return {"adjusted": True, "location": {"left": col, "top": row, "width": 0,
+                                                   "height": 0}, "valid": True, "data": []}
         data = [1 if self.has_tile(level, r, c) else 0
                 for r in range(answered.row_min, answered.row_max + 1)
                 for c in range(answered.col_min, answered.col_max + 1)]

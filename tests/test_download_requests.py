@@ -16,7 +16,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cache_factory import web_mercator_scheme, write_cache  # noqa: E402
+from cache_factory import read_all_tiles, web_mercator_scheme, write_cache  # noqa: E402
 from independent_readers import v2_folder_tiles  # noqa: E402
 from recording import recording_feedback  # noqa: E402
 from test_http_export import run_export  # noqa: E402
@@ -192,3 +192,23 @@ def test_faults_latency_and_a_rate_limit_only_add_retries(serve, world, tmp_path
             failures = sum(1 for e in entries if e.path == path and e.status in (429, 503))
             assert count == served[path] + failures, path
     assert {(e.level, e.row, e.col) for e in _requests(server, "tile")} == set(tiles)
+
+
+@pytest.mark.parametrize("answer", ["422", "empty-location"])
+def test_windows_beyond_a_non_world_grid(serve, fixtures_dir, tmp_path, answer):
+    """ArcGIS Server's geographic cache (origin -400, 400: no world grid) is asked tilemaps for
+    whole bundles around its extent; a server that clips at its extent answers the windows
+    beyond it with 422 or with an empty location: both mean no tile there, and only the tiles
+    that exist are requested."""
+    cache = fixtures_dir / "arcgis-server-10.1-compact-v1"
+    tiles = read_all_tiles(cache)
+    options = {"tilemap_clip": "grid", "tilemap_422": "never" if answer != "422" else "window"}
+    server = serve({"v1": cache}, **options)
+    recorder = recording_feedback()
+    run_export({"INPUT_SERVICE": server.service_url("v1"), "LEVELS": "0-2",
+                "TARGET_CACHE_PATH": str(tmp_path / "out"), "LOAD_RESULT": False}, recorder)
+    assert "tilemap is unusable" not in recorder.text
+    out = tmp_path / "out" / "v1" / "Layers" / "_alllayers"
+    assert v2_folder_tiles(out) == tiles
+    asked = Counter((e.level, e.row, e.col) for e in _requests(server, "tile"))
+    assert set(asked) == set(tiles) and max(asked.values()) == 1

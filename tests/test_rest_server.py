@@ -482,6 +482,10 @@ def test_tilemap_422_modes(srv, tiles):
     srv.options.tilemap_422 = "never"
     empty = get_json(f"{v1}/tilemap/2/0/0/4/4")
     assert (empty["adjusted"], empty["data"]) == (False, [0] * 16)
+    srv.options.tilemap_clip = "grid"  # a window wholly beyond the grid: an empty location
+    beyond = get_json(srv.service_url("world_map") + "/tilemap/5/40/0/8/8")
+    assert beyond == {"adjusted": True, "location": {"left": 0, "top": 40, "width": 0,
+                                                     "height": 0}, "valid": True, "data": []}
 
 
 def test_tilemap_without_tiles_is_422_and_can_be_disabled(srv):
