@@ -1,7 +1,7 @@
 """Running an export: plan the bundles, copy tiles bundle by bundle in a worker pool, commit.
 
 Tiles are copied as bytes; only tiles whose pixels change (clipped by the area of interest,
-merged into an existing tile, converted to another format) are decoded, by tile_composer. Each
+merged into an existing tile, converted to another format) are decoded, by pixels.composer. Each
 128x128 bundle of the target is written by exactly one worker, so no two threads ever share a
 bundle file. Only the bundle list of the export is held in memory, never a level's tiles.
 """
@@ -19,19 +19,20 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .bundle_records import copy_records
-from .cache_source import CacheSource
-from .cache_storage import ExplodedBlockWriter
-from .cache_target import DatasetTarget, Finish, PackageTarget, Target
 from .errors import CacheError, ExportCanceled
-from .geometry import Extent
-from .progress import ExportProgress
-from .selection import Coverage, Selection
-from .spatial_reference import geographic_extent
-from .thumbnail import draw_thumbnail
-from .tile_composer import Action, BundleComposer, PixelOptions
-from .tile_image import DEFAULT_JPEG_QUALITY, TileEncoding
-from .tiling_scheme import PACKET_SIZE, StorageFormat, TileRange, TilingScheme
+from .export.plan import plan_bundles
+from .export.progress import ExportProgress
+from .export.targets import DatasetTarget, Finish, PackageTarget, Target
+from .formats.layouts import ExplodedBlockWriter
+from .formats.records import copy_records
+from .grid.extent import Extent
+from .grid.spatial_reference import geographic_extent
+from .grid.tiling_scheme import PACKET_SIZE, StorageFormat, TileRange, TilingScheme
+from .pixels.composer import Action, BundleComposer, PixelOptions
+from .pixels.thumbnail import draw_thumbnail
+from .pixels.tile_image import DEFAULT_JPEG_QUALITY, TileEncoding
+from .selection.tile_selection import Selection
+from .sources.source import CacheSource
 
 CANCEL_CHECK_EVERY = 256
 WAIT_SLICE = 0.05  # seconds between checks for cancel (and event-loop turns) while waiting
@@ -88,21 +89,6 @@ class _TaskResult:
 
 def auto_workers() -> int:
     return max(2, min(MAX_AUTO_WORKERS, os.cpu_count() or 2))
-
-
-def plan_bundles(
-    cache: CacheSource, levels: list[int], selection: Selection
-) -> list[tuple[int, int, int]]:
-    """The cache's bundles (level, row, col) that hold selected tiles, level by level."""
-    tasks = []
-    present = cache.layout.levels()
-    for level in levels:
-        if level not in present:
-            continue
-        for brow, bcol in cache.layout.bundle_keys(level, selection.window(level)):
-            if selection.bundle_coverage(level, brow, bcol) is not Coverage.NONE:
-                tasks.append((level, brow, bcol))
-    return tasks
 
 
 def _describe_extent(source: CacheSource) -> str:

@@ -23,16 +23,17 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor, QIcon
 
-from ..core.cache_source import CacheSource, open_cache
 from ..core.errors import CacheError, ExportCanceled
-from ..core.estimate import area_tile_count, estimate, format_size
+from ..core.export.estimate import area_tile_count, estimate, format_size
 from ..core.exporter import Exporter, ExportOptions, auto_workers
-from ..core.http_client import FetchPolicy
-from ..core.level_selection import select_levels
-from ..core.selection import ExtentSelection, PolygonSelection, Selection
-from ..core.service_source import open_service
-from ..core.service_url import is_service_url
-from ..core.tiling_scheme import StorageFormat
+from ..core.grid.tiling_scheme import StorageFormat
+from ..core.selection.levels import select_levels
+from ..core.selection.tile_selection import ExtentSelection, PolygonSelection, Selection
+from ..core.sources.http_client import FetchPolicy
+from ..core.sources.local_cache import open_cache
+from ..core.sources.service import open_service
+from ..core.sources.service_url import is_service_url
+from ..core.sources.source import CacheSource
 from ..qgis_compat import NUMBER_DOUBLE, NUMBER_INTEGER, SOURCE_VECTOR_POLYGON
 from .engine_log import engine_log_to
 from .input_layers import resolve_input

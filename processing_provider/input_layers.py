@@ -13,7 +13,7 @@ from qgis.core import (
 )
 
 from ..core.errors import CacheError
-from ..core.service_url import parse_service_url
+from ..core.sources.service_url import parse_service_url
 
 
 @dataclass(frozen=True)

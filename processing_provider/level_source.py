@@ -10,8 +10,8 @@ from typing import Optional
 
 from qgis.core import QgsProcessingContext, QgsProject
 
-from ..core.cache_source import CacheSource
-from ..core.level_table import LevelRow, level_rows
+from ..core.selection.level_table import LevelRow, level_rows
+from ..core.sources.source import CacheSource
 from .input_layers import resolve_input
 from .qgis_network import QgisTransport
 

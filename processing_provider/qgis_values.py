@@ -16,9 +16,9 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from ..core.aoi_geometry import lonlat_in_world
-from ..core.geometry import Extent
-from ..core.spatial_reference import SpatialReference
+from ..core.grid.extent import Extent
+from ..core.grid.spatial_reference import SpatialReference
+from ..core.selection.aoi import lonlat_in_world
 from ..qgis_compat import POLYGON_GEOMETRY
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")

@@ -11,8 +11,8 @@ from typing import Optional
 from osgeo import gdal
 from qgis.core import QgsProcessingContext, QgsRasterLayer
 
-from ..core.conf_xml import parse_conf_xml
-from ..core.tiling_scheme import StorageFormat
+from ..core.formats.conf_xml import parse_conf_xml
+from ..core.grid.tiling_scheme import StorageFormat
 
 GDAL_TPKX = 3080000  # the first GDAL release whose ESRIC driver opens .tpkx
 

@@ -72,10 +72,10 @@ def _core_module(name: str) -> ModuleType:
     return importlib.import_module(f"{PACKAGE}.core.{name}")
 
 
-cache_source = _core_module("cache_source")
-package_metadata = _core_module("package_metadata")
+cache_source = _core_module("sources.local_cache")
+package_metadata = _core_module("formats.package_metadata")
 errors = _core_module("errors")
-tiling_scheme = _core_module("tiling_scheme")
+tiling_scheme = _core_module("grid.tiling_scheme")
 PACKET = tiling_scheme.PACKET_SIZE  # tiles per bundle side (spec §0)
 
 

@@ -76,15 +76,10 @@ def _import_engine():
         plugins.mkdir(parents=True, exist_ok=True)
         link.symlink_to(REPO, target_is_directory=True)
     sys.path.insert(0, str(plugins))
-    from export_map_server_cache.core import (
-        cache_storage,
-        conf_xml,
-        geometry,
-        spatial_reference,
-        tiling_scheme,
-    )
+    from export_map_server_cache.core.formats import conf_xml, layouts
+    from export_map_server_cache.core.grid import extent, spatial_reference, tiling_scheme
 
-    return cache_storage, conf_xml, geometry, spatial_reference, tiling_scheme
+    return layouts, conf_xml, extent, spatial_reference, tiling_scheme
 
 
 def build_scheme(tiling_scheme, spatial_reference):
@@ -195,7 +190,7 @@ def encode_png(tile) -> bytes:
 
 def render_cache(out_dir: Path) -> None:
     """Render levels 0-MAX_LEVEL and write the Compact V2 dataset (QGIS must be initialised)."""
-    cache_storage, conf_xml, geometry, spatial_reference, tiling_scheme = _import_engine()
+    layouts, conf_xml, extent, spatial_reference, tiling_scheme = _import_engine()
     from qgis.core import QgsCoordinateReferenceSystem
 
     scheme = build_scheme(tiling_scheme, spatial_reference)
@@ -211,7 +206,7 @@ def render_cache(out_dir: Path) -> None:
         res = scheme.lod(level).resolution
         side = 2**level
         # Levels 0-5 fit in the one bundle R0000C0000 (128 x 128 tiles).
-        writer = cache_storage.open_writer(scheme.storage_format, alllayers, level, 0, 0, "spec")
+        writer = layouts.open_writer(scheme.storage_format, alllayers, level, 0, 0, "spec")
         level_bytes = 0
         step = min(side, BLOCK_TILES)
         for brow in range(0, side, step):
@@ -234,7 +229,7 @@ def render_cache(out_dir: Path) -> None:
     (layers_dir / "conf.xml").write_bytes(
         conf_xml.write_conf_xml(scheme, scheme.gdal_readable_lods())
     )
-    world = geometry.Extent(-ORIGIN, -ORIGIN, ORIGIN, ORIGIN)
+    world = extent.Extent(-ORIGIN, -ORIGIN, ORIGIN, ORIGIN)
     (layers_dir / "conf.cdi").write_bytes(conf_xml.write_conf_cdi(world, scheme.spatial_reference))
     print(f"{total_tiles} tiles, {total_bytes} bytes in {time.monotonic() - started:.1f} s "
           f"-> {layers_dir}")

@@ -37,7 +37,7 @@ from cache_factory import (  # noqa: E402
 from independent_readers import gdal_tile  # noqa: E402
 from test_algorithm import KINDS, run_export  # noqa: E402
 
-from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import TileRange  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("plugin_provider")
 
@@ -770,7 +770,7 @@ import sys, threading, time
 sys.path[:0] = [{plugins!r}, {tests!r}]
 from osgeo import ogr
 from cache_factory import web_mercator_scheme
-from export_map_server_cache.core.selection import PolygonSelection
+from export_map_server_cache.core.selection.tile_selection import PolygonSelection
 
 wkb = bytes(ogr.CreateGeometryFromWkt({wkt!r}).ExportToWkb())
 scheme = web_mercator_scheme(8)

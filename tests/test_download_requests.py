@@ -20,7 +20,7 @@ from cache_factory import web_mercator_scheme, write_cache  # noqa: E402
 from independent_readers import v2_folder_tiles  # noqa: E402
 from test_http_export import Recorder, run_export  # noqa: E402
 
-from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import TileRange  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("plugin_provider")
 

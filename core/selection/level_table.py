@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .geometry import Extent
-from .selection import PolygonSelection, Selection
-from .tiling_scheme import TilingScheme
+from ..grid.extent import Extent
+from ..grid.tiling_scheme import TilingScheme
+from .tile_selection import PolygonSelection, Selection
 
 COUNT_LIMIT = 20_000
 

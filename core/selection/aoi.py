@@ -13,8 +13,8 @@ from shapely import affinity, wkb
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.ops import unary_union
 
-from .errors import CacheError
-from .tiling_scheme import TilingScheme
+from ..errors import CacheError
+from ..grid.tiling_scheme import TilingScheme
 
 MERCATOR_MAX_LATITUDE = 85.0511287798066
 HUGE = 1e12

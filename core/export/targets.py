@@ -13,24 +13,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .bundle_file import AtomicFile
-from .bundle_v1 import BundleV1Writer
-from .bundle_v2 import BundleV2Writer
-from .cache_source import CacheSource, open_cache
-from .cache_storage import bundle_file_sizes, open_writer
-from .conf_xml import write_conf_cdi, write_conf_xml
-from .errors import CacheError
-from .file_store import ZipStore
-from .geometry import Extent
-from .package_metadata import (
+from ..errors import CacheError
+from ..formats.atomic_file import AtomicFile
+from ..formats.compact_v1 import BundleV1Writer
+from ..formats.compact_v2 import BundleV2Writer
+from ..formats.conf_xml import write_conf_cdi, write_conf_xml
+from ..formats.file_store import ZipStore
+from ..formats.layouts import bundle_file_sizes, open_writer
+from ..formats.package_metadata import (
     item_pkinfo,
     iteminfo_json,
     iteminfo_xml,
     mapserver_json,
     root_json,
 )
-from .tiling_scheme import StorageFormat, TilingScheme
-from .zip_writer import ZipWriter
+from ..formats.zip_writer import ZipWriter
+from ..grid.extent import Extent
+from ..grid.tiling_scheme import StorageFormat, TilingScheme
+from ..sources.local_cache import open_cache
+from ..sources.source import CacheSource
 
 COPY_CHUNK = 16 << 20  # large copies: small ones cost more than the disk does (bench/)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from .errors import CacheError
-from .geometry import Extent
-from .spatial_reference import SpatialReference
-from .tiling_scheme import Lod, StorageFormat, TilingScheme
+from ..errors import CacheError
+from ..grid.extent import Extent
+from ..grid.spatial_reference import SpatialReference
+from ..grid.tiling_scheme import Lod, StorageFormat, TilingScheme
 
 
 def load_json(data: bytes, what: str) -> dict:

@@ -5,10 +5,10 @@ import xml.etree.ElementTree as ET
 from typing import Optional
 from xml.sax.saxutils import escape
 
-from .errors import CacheError
-from .geometry import Extent
-from .spatial_reference import SpatialReference
-from .tiling_scheme import Lod, StorageFormat, TilingScheme
+from ..errors import CacheError
+from ..grid.extent import Extent
+from ..grid.spatial_reference import SpatialReference
+from ..grid.tiling_scheme import Lod, StorageFormat, TilingScheme
 
 NAMESPACES = (
     'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '

@@ -14,7 +14,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .selection import BundleClipper, TileState
+from ..grid.tiling_scheme import PACKET_SIZE
+from ..selection.tile_selection import BundleClipper, TileState
 from .tile_image import (
     TileEncoding,
     composite_over,
@@ -25,7 +26,6 @@ from .tile_image import (
     is_png,
     may_be_transparent,
 )
-from .tiling_scheme import PACKET_SIZE
 
 # tile formats whose every tile is valid in another format without being looked at
 COPYABLE = {

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Callable, Optional, Protocol
 
-from .errors import CacheError, ExportCanceled
+from ..errors import CacheError, ExportCanceled
 from .service_url import ServiceUrl
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

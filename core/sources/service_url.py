@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from .errors import CacheError
+from ..errors import CacheError
 
 SERVICE_RE = re.compile(r"^(?P<base>.*?/(?P<kind>mapserver|imageserver))(?:/.*)?$", re.IGNORECASE)
 DROPPED_QUERY = {"f", "token", "blanktile"}

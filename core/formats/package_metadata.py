@@ -7,8 +7,8 @@ import uuid
 from typing import Optional
 from xml.sax.saxutils import escape
 
-from .geometry import Extent
-from .tiling_scheme import TilingScheme
+from ..grid.extent import Extent
+from ..grid.tiling_scheme import TilingScheme
 
 CREATOR = "Export Map Server Cache (QGIS)"
 WORLD = Extent(-180.0, -90.0, 180.0, 90.0)

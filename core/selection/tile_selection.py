@@ -10,11 +10,11 @@ import numpy as np
 from shapely.geometry import box
 from shapely.prepared import prep
 
-from .aoi_geometry import aoi_in_cache
-from .clip_mask import PolygonRaster
-from .errors import CacheError
-from .geometry import Extent
-from .tiling_scheme import PACKET_SIZE, TileRange, TilingScheme, bundle_range
+from ..errors import CacheError
+from ..grid.extent import Extent
+from ..grid.tiling_scheme import PACKET_SIZE, TileRange, TilingScheme, bundle_range
+from .aoi import aoi_in_cache
+from .scanline_mask import PolygonRaster
 
 STATES_KEPT = 64  # bundles' tile states kept per thread (16 KiB each)
 

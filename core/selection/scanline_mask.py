@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import Extent
+from ..grid.extent import Extent
 
 TILE_ROWS_PER_PASS = 16  # tile rows of a bundle classified together (memory ~ 16 x 256 x 129 x 8 B)
 

@@ -11,12 +11,12 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .cache_source import CacheSource
-from .errors import CacheError
-from .exporter import plan_bundles
-from .selection import Coverage, PolygonSelection, Selection
-from .service_source import ServiceLayout
-from .tiling_scheme import TileRange, bundle_range
+from ..errors import CacheError
+from ..grid.tiling_scheme import TileRange, bundle_range
+from ..selection.tile_selection import Coverage, PolygonSelection, Selection
+from ..sources.service import ServiceLayout
+from ..sources.source import CacheSource
+from .plan import plan_bundles
 
 SAMPLES_PER_LEVEL = 6  # tiles fetched per level for their size, where a tilemap counts them
 # Without a tilemap the samples also tell which share of the candidates exists: more of them.

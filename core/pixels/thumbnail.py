@@ -6,8 +6,8 @@ from typing import Callable, Optional
 
 from PIL import Image
 
-from .cache_storage import Layout
-from .tiling_scheme import TileRange
+from ..formats.layouts import Layout
+from ..grid.tiling_scheme import TileRange
 
 SIZE = (200, 133)
 MAX_TILES = 4  # per side of the mosaic

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional, Protocol
 
-from .errors import CacheError, CorruptCacheError
+from ..errors import CacheError, CorruptCacheError
 
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
 

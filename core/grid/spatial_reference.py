@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from .geometry import Extent
+from .extent import Extent
 
 WEB_MERCATOR_WKT = (
     'PROJCS["WGS_1984_Web_Mercator_Auxiliary_Sphere",GEOGCS["GCS_WGS_1984",DATUM["D_WGS_1984",'

@@ -12,8 +12,8 @@ import struct
 from collections.abc import Iterable
 from typing import Optional, Protocol
 
-from .bundle_file import Output
-from .errors import CorruptCacheError
+from ..errors import CorruptCacheError
+from .atomic_file import Output
 from .file_store import ByteSource
 
 MAX_RUN_BYTES = 16 << 20

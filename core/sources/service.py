@@ -14,41 +14,20 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from .bundle_records import PREFIX, RecordFileReader
-from .cache_source import CacheSource, safe_name
-from .cache_storage import Layout, Wanted, level_folder
-from .errors import CacheError, ExportCanceled
+from ..errors import CacheError, ExportCanceled
+from ..formats.layouts import Layout, Wanted, level_folder
+from ..formats.records import PREFIX, RecordFileReader
+from ..grid.tiling_scheme import TileRange, TilingScheme, bundle_range
 from .http_client import FetchPolicy, ServiceAuthError, ServiceClient, TileFailed, Transport
 from .service_json import parse_extent, scheme_from_service_json
 from .service_url import ServiceUrl, parse_service_url
-from .tiling_scheme import TileRange, TilingScheme, bundle_range
+from .source import CacheSource, ServiceInfo, safe_name
 
 LOG = logging.getLogger(__name__)
 # Tilemap windows are the 32x32 blocks the ArcGIS JS API asks for: aligned to 32, so they never
 # cross a bundle (where servers clip, and where 422 can wrongly mean "none", spec §7.3).
 TILEMAP_BLOCK = 32
 NOTHING = TileRange(0, -1, 0, -1)  # an empty range: intersects nothing
-
-
-@dataclass(frozen=True)
-class ServiceInfo:
-    url: ServiceUrl
-    tilemap: bool
-    export_tiles_allowed: Optional[bool]
-    max_export_tiles_count: Optional[int]
-    min_level: int
-    max_level: int
-    tile_format: str
-
-    def describe(self) -> str:
-        allowed = {True: "allowed", False: "not allowed", None: "not stated"}[
-            self.export_tiles_allowed]
-        limit = self.max_export_tiles_count
-        return (
-            f"{self.url.kind} at {self.url}: levels {self.min_level}-{self.max_level}, "
-            f"{self.tile_format}, tilemap {'yes' if self.tilemap else 'no'}; exportTiles "
-            f"{allowed}" + (f", maxExportTilesCount {limit}" if limit is not None else "")
-        )
 
 
 def open_service(text: str, transport: Transport, token: Optional[str] = None,

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from .errors import CacheError
-from .geometry import Extent
+from ..errors import CacheError
+from .extent import Extent
 from .spatial_reference import SpatialReference
 
 PACKET_SIZE = 128

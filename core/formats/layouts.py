@@ -9,13 +9,13 @@ import re
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Union
 
-from . import bundle_v1, bundle_v2
-from .bundle_file import AtomicFile
-from .bundle_v1 import BundleV1Reader, BundleV1Writer
-from .bundle_v2 import BundleV2Reader, BundleV2Writer
-from .errors import CorruptCacheError
+from ..errors import CorruptCacheError
+from ..grid.tiling_scheme import PACKET_SIZE, StorageFormat, TileRange, bundle_origin, bundle_range
+from . import compact_v1, compact_v2
+from .atomic_file import AtomicFile
+from .compact_v1 import BundleV1Reader, BundleV1Writer
+from .compact_v2 import BundleV2Reader, BundleV2Writer
 from .file_store import DirStore, ZipStore
-from .tiling_scheme import PACKET_SIZE, StorageFormat, TileRange, bundle_origin, bundle_range
 
 Store = Union[DirStore, ZipStore]
 Wanted = Callable[[int, int], bool]
@@ -263,8 +263,8 @@ def bundle_file_sizes(storage: StorageFormat, payload: int) -> list[int]:
     """Sizes of the files of a compact bundle whose records (size prefixes included) take
     `payload` bytes: known before any tile is read, so package members can be reserved."""
     if storage is StorageFormat.COMPACT_V2:
-        return [bundle_v2.DATA_START + payload]
-    return [bundle_v1.DATA_START + payload, bundle_v1.INDEX_FILE_SIZE]
+        return [compact_v2.DATA_START + payload]
+    return [compact_v1.DATA_START + payload, compact_v1.INDEX_FILE_SIZE]
 
 
 LAYOUTS = {cls.storage: cls for cls in (CompactV2Layout, CompactV1Layout, ExplodedLayout)}

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import struct
 
-from .bundle_file import Output
-from .bundle_records import RecordFileReader, RecordFileWriter
-from .errors import CorruptCacheError
+from ..errors import CorruptCacheError
+from ..grid.tiling_scheme import PACKET_SIZE
+from .atomic_file import Output
 from .file_store import ByteSource
-from .tiling_scheme import PACKET_SIZE
+from .records import RecordFileReader, RecordFileWriter
 
 SLOTS = PACKET_SIZE * PACKET_SIZE
 HEADER = struct.Struct("<4I3Q5I")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..errors import CacheError
 from .crc32_combine import crc32_combine
-from .errors import CacheError
 
 LIMIT = 0x7FFFFFFF  # like Python's zipfile: stay clear of readers that use signed 32-bit sizes
 LOCAL = struct.Struct("<4s5H3L2H")
@@ -128,7 +128,7 @@ class _RegionHandle:
 
 
 class Region:
-    """The output of one member: the interface of bundle_file.AtomicFile (handle/commit/abort)."""
+    """The output of one member: the interface of atomic_file.AtomicFile (handle/commit/abort)."""
 
     def __init__(self, archive: ZipWriter, entry: _Entry):
         self._archive, self._entry = archive, entry

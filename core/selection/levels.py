@@ -5,8 +5,8 @@ import math
 import re
 from typing import Optional
 
-from .errors import CacheError
-from .tiling_scheme import TilingScheme
+from ..errors import CacheError
+from ..grid.tiling_scheme import TilingScheme
 
 SCALE_RTOL = 1e-4
 _SEPARATORS = re.compile(r"[;,\s]+")

@@ -2,48 +2,18 @@
 from __future__ import annotations
 
 import posixpath
-import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
-from .cache_storage import LAYOUTS, Layout, Store
-from .conf_xml import parse_conf_cdi, parse_conf_xml
-from .errors import CacheError
-from .file_store import DirStore, ZipStore, find_case_insensitive
-from .geometry import Extent
+from ..errors import CacheError
+from ..formats.conf_xml import parse_conf_cdi, parse_conf_xml
+from ..formats.file_store import DirStore, ZipStore, find_case_insensitive
+from ..formats.layouts import LAYOUTS
+from ..grid.tiling_scheme import StorageFormat
 from .service_json import load_json, scheme_from_service_json
-from .tiling_scheme import StorageFormat, TilingScheme
-
-if TYPE_CHECKING:
-    from .service_source import ServiceInfo
+from .source import CacheSource, safe_name
 
 PACKAGE_SUFFIXES = (".tpk", ".tpkx")
-
-
-@dataclass
-class CacheSource:
-    name: str
-    scheme: TilingScheme
-    layout: Layout
-    data_extent: Optional[Extent]
-    location: Path | str  # a URL for a service
-    is_package: bool
-    service: Optional[ServiceInfo] = None  # set for a REST tile service
-
-    @property
-    def store(self) -> Store:
-        return self.layout.store
-
-    def close(self) -> None:
-        self.store.close()
-
-
-def safe_name(text: str) -> str:
-    """A cache name usable as a folder or file name everywhere ArcGIS runs."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")
-    return name or "cache"
 
 
 def open_cache(path: str) -> CacheSource:
