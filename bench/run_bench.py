@@ -127,7 +127,7 @@ def level_windows(n_tiles: int) -> dict:
 def build_cache(work: Path, n_tiles: int) -> dict:
     """Write the synthetic cache once; return its description (tiles, bytes, levels, path)."""
     from export_map_server_cache.core.formats.conf_xml import write_conf_cdi, write_conf_xml
-    from export_map_server_cache.core.formats.layouts import open_writer
+    from export_map_server_cache.core.formats.storage_formats import open_writer
     from export_map_server_cache.core.grid import spatial_reference, tiling_scheme
     from export_map_server_cache.core.grid.tiling_scheme import PACKET_SIZE, StorageFormat
 

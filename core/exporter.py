@@ -23,7 +23,6 @@ from .errors import CacheError, ExportCanceled
 from .export.plan import plan_bundles
 from .export.progress import ExportProgress
 from .export.targets import DatasetTarget, Finish, PackageTarget, Target
-from .formats.layouts import ExplodedBlockWriter
 from .formats.records import copy_records
 from .grid.extent import Extent
 from .grid.spatial_reference import geographic_extent
@@ -325,13 +324,12 @@ class Exporter:
                 result.touched = True  # every tile removed: the package gets no such bundle
                 return result
         sizes = None  # known from the bundle indexes, before any tile is read
-        if all(hasattr(reader, "locate") for _, _, reader in tiles):
+        if all(reader.indexed for _, _, reader in tiles):
             sizes = [reader.locate(row, col)[1] for row, col, reader in tiles]
         writer = target.writer(level, brow, bcol, sum(sizes) + 4 * len(sizes) if sizes else None)
         with _writing(writer, result):
-            if isinstance(writer, ExplodedBlockWriter):
-                for key in removed:
-                    writer.remove(*key)
+            for key in removed:
+                writer.remove(*key)
             result.bytes = self._copy(tiles, sizes, writer, source)
             writer.commit()
         return result
@@ -400,7 +398,7 @@ class Exporter:
         """(row, col, reader) tiles copied in order: as record runs where their `sizes` are
         known from the indexes and the writer takes records, else one by one; returns the
         bytes taken from `source`."""
-        if sizes is None or not hasattr(writer, "add_records"):
+        if sizes is None or not writer.takes_records:
             return self._copy_tiles(tiles, writer, source)
         self._copy_runs(tiles, writer)
         return sum(size for (_, _, reader), size in zip(tiles, sizes) if reader is source)
@@ -432,7 +430,7 @@ def _writing(writer, result: _TaskResult):
         writer.abort()
         raise
     result.touched = True
-    result.removals = getattr(writer, "deferred_removals", [])
+    result.removals = writer.deferred_removals()
 
 
 Segment = tuple[Action, list[tuple[int, int]], Optional[list[int]]]
@@ -450,7 +448,7 @@ def _segments(brow: int, bcol: int, slots: np.ndarray, codes: np.ndarray, reader
         keys = list(zip((rows + brow).tolist(), (cols + bcol).tolist()))
         reader = readers.get(action)
         sizes = None
-        if reader is not None and hasattr(reader, "locate"):
+        if reader is not None and reader.indexed:
             sizes = [reader.locate(row, col)[1] for row, col in keys]
         segments.append((action, keys, sizes))
     return segments

@@ -334,12 +334,12 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             scheme,
         )
         selection = self.selection(parameters, context, feedback, scheme)
-        kind = "service" if source.service else scheme.storage_format.label
+        kind = "service" if source.is_service else scheme.storage_format.label
         feedback.pushInfo(
             f"Input: {source.location} ({kind}, {scheme.tile_format}, "
             f"{scheme.tile_cols}x{scheme.tile_rows} px, {scheme.spatial_reference.describe()})")
-        if source.service is not None:
-            feedback.pushInfo(f"Service: {source.service.describe()}")
+        if source.is_service:
+            feedback.pushInfo(f"Service: {source.info.describe()}")
             levels = self._service_levels(source, levels, feedback)
             self._check_tile_limit(source, levels, selection, parameters, context)
         feedback.pushInfo(f"Levels: {','.join(map(str, levels))}")
@@ -347,7 +347,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         expected = None
         # a download starts with its estimate (the tilemaps it reads serve the export too); a
         # local copy reads its bundle indexes once, while copying, and reports at the end
-        if source.service is not None or estimate_only:
+        if source.is_service or estimate_only:
             estimates = estimate(source, levels, selection, feedback.isCanceled)
             for level in estimates:
                 feedback.pushInfo(level.describe())
@@ -366,14 +366,14 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             package=package,
             overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
             # a download can fail halfway: an existing cache is then only changed at the end
-            staged=source.service is not None or self.parameterAsBool(
+            staged=source.is_service or self.parameterAsBool(
                 parameters, self.COPY_DATA_FROM_SERVER, context),
             workers=workers,
             geographic_extent=self._lonlat(crs_extent, scheme),
             **self._tile_options(parameters, context, feedback),
         )
         feedback.pushInfo(
-            f"{'Concurrent requests' if source.service else 'Workers'}: {options.workers}")
+            f"{'Concurrent requests' if source.is_service else 'Workers'}: {options.workers}")
         result = Exporter(
             source, levels, selection, options,
             progress=lambda fraction: feedback.setProgress(100.0 * fraction),
@@ -388,7 +388,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(
             f"Exported {result.tile_count} tiles ({result.byte_count} bytes) in "
             f"{result.seconds:.2f} s ({rate:.0f} tiles/s) to {result.output_path}")
-        if source.service is not None:
+        if source.is_service:
             client = source.layout.client
             feedback.pushInfo(
                 f"Requests: {client.requests}, retried: {client.tally.retries}")
@@ -438,7 +438,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
     @staticmethod
     def _service_levels(source: CacheSource, levels: list[int], feedback) -> list[int]:
         """Levels outside the service's minLOD..maxLOD have no tiles to download."""
-        info = source.service
+        info = source.info
         kept = [level for level in levels if info.min_level <= level <= info.max_level]
         if len(kept) < len(levels):
             left_out = sorted(set(levels) - set(kept))

@@ -31,14 +31,14 @@ class LevelSource:
 
     @property
     def present_levels(self) -> set[int]:
-        if self.source.service is not None:
-            info = self.source.service
+        if self.source.is_service:
+            info = self.source.info
             return set(range(info.min_level, info.max_level + 1))
         return set(self.source.layout.levels())
 
     def describe(self) -> str:
         scheme = self.source.scheme
-        kind = "Service" if self.source.service else scheme.storage_format.label
+        kind = "Service" if self.source.is_service else scheme.storage_format.label
         return (f"{kind}, {scheme.tile_format}, {scheme.tile_cols}x{scheme.tile_rows} px, "
                 f"{scheme.spatial_reference.describe()}.")
 

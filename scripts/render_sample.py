@@ -76,10 +76,10 @@ def _import_engine():
         plugins.mkdir(parents=True, exist_ok=True)
         link.symlink_to(REPO, target_is_directory=True)
     sys.path.insert(0, str(plugins))
-    from export_map_server_cache.core.formats import conf_xml, layouts
+    from export_map_server_cache.core.formats import conf_xml, storage_formats
     from export_map_server_cache.core.grid import extent, spatial_reference, tiling_scheme
 
-    return layouts, conf_xml, extent, spatial_reference, tiling_scheme
+    return storage_formats, conf_xml, extent, spatial_reference, tiling_scheme
 
 
 def build_scheme(tiling_scheme, spatial_reference):
@@ -190,7 +190,7 @@ def encode_png(tile) -> bytes:
 
 def render_cache(out_dir: Path) -> None:
     """Render levels 0-MAX_LEVEL and write the Compact V2 dataset (QGIS must be initialised)."""
-    layouts, conf_xml, extent, spatial_reference, tiling_scheme = _import_engine()
+    storage_formats, conf_xml, extent, spatial_reference, tiling_scheme = _import_engine()
     from qgis.core import QgsCoordinateReferenceSystem
 
     scheme = build_scheme(tiling_scheme, spatial_reference)
@@ -206,7 +206,7 @@ def render_cache(out_dir: Path) -> None:
         res = scheme.lod(level).resolution
         side = 2**level
         # Levels 0-5 fit in the one bundle R0000C0000 (128 x 128 tiles).
-        writer = layouts.open_writer(scheme.storage_format, alllayers, level, 0, 0, "spec")
+        writer = storage_formats.open_writer(scheme.storage_format, alllayers, level, 0, 0, "spec")
         level_bytes = 0
         step = min(side, BLOCK_TILES)
         for brow in range(0, side, step):

@@ -13,7 +13,7 @@ from typing import Optional
 from PIL import Image, ImageDraw
 
 from export_map_server_cache.core.formats.conf_xml import write_conf_cdi, write_conf_xml
-from export_map_server_cache.core.formats.layouts import open_writer
+from export_map_server_cache.core.formats.storage_formats import open_writer
 from export_map_server_cache.core.grid.extent import Extent
 from export_map_server_cache.core.grid.spatial_reference import SpatialReference
 from export_map_server_cache.core.grid.tiling_scheme import (

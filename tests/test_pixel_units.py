@@ -185,7 +185,7 @@ def test_overwrite_by_extent_removes_tiles_the_input_makes_wholly_transparent(tm
     from cache_factory import read_all_tiles, web_mercator_scheme, write_cache
 
     from export_map_server_cache.core.exporter import Exporter, ExportOptions
-    from export_map_server_cache.core.formats.layouts import open_writer
+    from export_map_server_cache.core.formats.storage_formats import open_writer
     from export_map_server_cache.core.grid.tiling_scheme import StorageFormat, TileRange
     from export_map_server_cache.core.selection.tile_selection import Selection
     from export_map_server_cache.core.sources.local_cache import open_cache

@@ -14,7 +14,6 @@ from typing import Callable, Optional
 from ..errors import CacheError
 from ..grid.tiling_scheme import TileRange, bundle_range
 from ..selection.tile_selection import Coverage, PolygonSelection, Selection
-from ..sources.service import ServiceLayout
 from ..sources.source import CacheSource
 from .plan import plan_bundles
 
@@ -51,11 +50,11 @@ def area_tile_count(source: CacheSource, level: int, selection: Selection) -> in
     bounded by the service's extent, for a local cache by its bundles."""
     layout = source.layout
     window = selection.window(level)
-    if isinstance(layout, ServiceLayout):
+    if source.is_service:
         window = layout.area(level, window)
         if window is None:
             return 0
-    if not isinstance(selection, PolygonSelection) and isinstance(layout, ServiceLayout):
+    if not isinstance(selection, PolygonSelection) and source.is_service:
         return window.count
     total = 0
     for number, (brow, bcol) in enumerate(layout.bundle_keys(level, window)):
@@ -95,7 +94,7 @@ def estimate(source: CacheSource, levels: list[int], selection: Selection,
             result.append(LevelEstimate(level, 0, 0, 0, True))
             continue
         area = area_tile_count(source, level, selection)
-        if isinstance(source.layout, ServiceLayout):
+        if source.is_service:
             result.append(_service_level(source, level, selection, area))
         else:
             result.append(_local_level(source, level, selection, area))
@@ -115,7 +114,7 @@ def _local_level(source: CacheSource, level: int, selection: Selection, area: in
             for row, col in reader.present():
                 if wanted(row, col):
                     tiles += 1
-                    size += (reader.locate(row, col)[1] if hasattr(reader, "locate")
+                    size += (reader.locate(row, col)[1] if reader.indexed
                              else len(reader.read(row, col)))
         finally:
             reader.close()

@@ -9,17 +9,18 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from ..errors import CacheError
 from ..formats.atomic_file import AtomicFile
+from ..formats.bundle import BundleWriter
 from ..formats.compact_v1 import BundleV1Writer
 from ..formats.compact_v2 import BundleV2Writer
 from ..formats.conf_xml import write_conf_cdi, write_conf_xml
 from ..formats.file_store import ZipStore
-from ..formats.layouts import bundle_file_sizes, open_writer
 from ..formats.package_metadata import (
     item_pkinfo,
     iteminfo_json,
@@ -27,6 +28,7 @@ from ..formats.package_metadata import (
     mapserver_json,
     root_json,
 )
+from ..formats.storage_formats import bundle_file_sizes, open_writer
 from ..formats.zip_writer import ZipWriter
 from ..grid.extent import Extent
 from ..grid.tiling_scheme import StorageFormat, TilingScheme
@@ -83,7 +85,9 @@ def _check_scheme(scheme: TilingScheme, existing: CacheSource, levels: list[int]
         )
 
 
-class Target:
+class Target(ABC):
+    """Where an export writes: bundle writers, then `finish` (commit) or `abort`."""
+
     storage: StorageFormat
     output_path: Path
     existing: Optional[CacheSource] = None
@@ -93,21 +97,24 @@ class Target:
         self.work_alllayers = work_alllayers
         self._final_alllayers = final_alllayers
 
-    def writer(self, level: int, brow: int, bcol: int, payload: Optional[int] = None):
+    def writer(self, level: int, brow: int, bcol: int, payload: Optional[int] = None
+               ) -> BundleWriter:
         """A writer for one bundle; `payload` = bytes of its records when known in advance."""
         return open_writer(
             self.storage, self.work_alllayers, level, brow, bcol, self.profile,
             self._final_alllayers,
         )
 
-    def bundle_done(self, level: int, brow: int, bcol: int) -> None:
+    def bundle_done(self, level: int, brow: int, bcol: int) -> None:  # noqa: B027 (a hook)
         """Called in the export's thread when a worker has committed a bundle."""
 
+    @abstractmethod
     def finish(self, done: Finish) -> None:
-        raise NotImplementedError
+        """Write the cache's description and make the export final."""
 
+    @abstractmethod
     def abort(self) -> None:
-        raise NotImplementedError
+        """Leave the target as it was before the export."""
 
 
 def _merged_extent(done: Finish, existing: Optional[CacheSource]) -> Extent:
@@ -237,7 +244,7 @@ class PackageTarget(Target):
             return BundleV2Writer(regions[0], self.profile)
         return BundleV1Writer(regions[0], regions[1], brow, bcol)
 
-    def bundle_done(self, level: int, brow: int, bcol: int) -> None:
+    def bundle_done(self, level: int, brow: int, bcol: int) -> None:  # noqa: B027 (a hook)
         """Copy a staged bundle (one whose size was not known in advance) into the package."""
         if (level, brow, bcol) not in self._staged:
             return

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import struct
+from typing import Optional
 
 from ..errors import CorruptCacheError
-from ..grid.tiling_scheme import PACKET_SIZE
+from ..grid.tiling_scheme import PACKET_SIZE, StorageFormat
 from .atomic_file import Output
 from .file_store import ByteSource
+from .layout import BundledLayout, Wanted
 from .records import RecordFileReader, RecordFileWriter
 
 SLOTS = PACKET_SIZE * PACKET_SIZE
@@ -109,3 +111,35 @@ class BundleV1Writer(RecordFileWriter):
     def abort(self) -> None:
         self._bundle.abort()
         self._index_file.abort()
+
+
+class CompactV1Layout(BundledLayout):
+    storage = StorageFormat.COMPACT
+
+    def open_bundle(self, level: int, brow: int, bcol: int, wanted: Optional[Wanted] = None
+                    ) -> Optional[BundleV1Reader]:
+        stem = self._stem(level, brow, bcol)
+        if stem is None:
+            return None
+        index_name = self._index_name(stem)
+        if index_name is None:
+            raise CorruptCacheError(
+                f"{self.store.label}: {stem}.bundle has no .bundlx index beside it."
+            )
+        bundle = self.store.open(stem + ".bundle")
+        try:
+            return BundleV1Reader(bundle, self.store.open(index_name), brow, bcol)
+        except Exception:
+            bundle.close()
+            raise
+
+    def _index_name(self, stem: str) -> Optional[str]:
+        folder, base = stem.rsplit("/", 1) if "/" in stem else ("", stem)
+        for name in self.store.listdir(folder):
+            if name.lower() == (base + ".bundlx").lower():
+                return f"{folder}/{name}" if folder else name
+        return None
+
+    def member_paths(self, level: int, brow: int, bcol: int) -> list[str]:
+        stem = self._stem(level, brow, bcol)
+        return [stem + ".bundle", self._index_name(stem) or stem + ".bundlx"] if stem else []

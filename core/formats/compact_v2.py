@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import struct
 from array import array
+from typing import Optional
 
 from ..errors import CorruptCacheError
-from ..grid.tiling_scheme import PACKET_SIZE
+from ..grid.tiling_scheme import PACKET_SIZE, StorageFormat
 from .atomic_file import Output
 from .file_store import ByteSource
+from .layout import BundledLayout, Wanted
 from .records import RecordFileReader, RecordFileWriter
 
 SLOTS = PACKET_SIZE * PACKET_SIZE
@@ -107,3 +109,23 @@ class BundleV2Writer(RecordFileWriter):
 
     def abort(self) -> None:
         self._file.abort()
+
+
+class CompactV2Layout(BundledLayout):
+    storage = StorageFormat.COMPACT_V2
+
+    def open_bundle(self, level: int, brow: int, bcol: int, wanted: Optional[Wanted] = None
+                    ) -> Optional[BundleV2Reader]:
+        stem = self._stem(level, brow, bcol)
+        if stem is None:
+            return None
+        source = self.store.open(stem + ".bundle")
+        try:
+            return BundleV2Reader(source, brow, bcol)
+        except Exception:
+            source.close()
+            raise
+
+    def member_paths(self, level: int, brow: int, bcol: int) -> list[str]:
+        stem = self._stem(level, brow, bcol)
+        return [stem + ".bundle"] if stem else []

@@ -9,24 +9,28 @@ repaired in the copy when a source disagrees with its own index.
 from __future__ import annotations
 
 import struct
+from abc import abstractmethod
 from collections.abc import Iterable
-from typing import Optional, Protocol
+from typing import Optional
 
 from ..errors import CorruptCacheError
 from .atomic_file import Output
+from .bundle import BundleReader, BundleWriter
 from .file_store import ByteSource
 
 MAX_RUN_BYTES = 16 << 20
 PREFIX = struct.Struct("<I")
 
 
-class RecordFileReader:
+class RecordFileReader(BundleReader):
     """Reading size-prefixed records of a bundle file; subclasses `locate` a tile's record."""
 
+    indexed = True
     _data: ByteSource
 
+    @abstractmethod
     def locate(self, row: int, col: int) -> tuple[int, int]:
-        raise NotImplementedError
+        """(offset of the image bytes, size); the u32 prefix sits at offset - 4."""
 
     def read(self, row: int, col: int) -> bytes:
         return self._data.pread(*self.locate(row, col))
@@ -38,17 +42,19 @@ class RecordFileReader:
         self._data.close()
 
 
-class RecordFileWriter:
+class RecordFileWriter(BundleWriter):
     """Appending size-prefixed records to a bundle file; subclasses index each record."""
 
     MAX_SIZE = (1 << 32) - 1
+    takes_records = True
     _data: Output
     _end: int
     _largest: int
     count: int
 
+    @abstractmethod
     def _index(self, row: int, col: int, data_offset: int, size: int) -> None:
-        raise NotImplementedError
+        """Note where a record's image bytes went."""
 
     def add(self, row: int, col: int, data: bytes) -> None:
         self.add_records(PREFIX.pack(len(data)) + data, [(row, col, 4, len(data))])
@@ -65,21 +71,8 @@ class RecordFileWriter:
         self.count += len(entries)
 
 
-class RecordReader(Protocol):
-    def locate(self, row: int, col: int) -> tuple[int, int]:
-        """(offset of the image bytes, size); the u32 prefix sits at offset - 4."""
-
-    def pread(self, offset: int, length: int) -> bytes: ...
-
-
-class RecordWriter(Protocol):
-    def add_records(self, blob: bytes, entries: list[tuple[int, int, int, int]]) -> None:
-        """Append `blob` (size-prefixed records); entries are (row, col, data offset in blob,
-        size)."""
-
-
 class _Run:
-    def __init__(self, reader: RecordReader, start: int):
+    def __init__(self, reader: BundleReader, start: int):
         self.reader, self.start, self.end = reader, start, start
         self.entries: list[tuple[int, int, int, int]] = []
 
@@ -89,7 +82,7 @@ class _Run:
 
 
 def copy_records(
-    tiles: Iterable[tuple[int, int, RecordReader]], writer: RecordWriter
+    tiles: Iterable[tuple[int, int, BundleReader]], writer: BundleWriter
 ) -> None:
     """Copy tiles (in output order, each with the reader holding it)."""
     run: Optional[_Run] = None
@@ -106,7 +99,7 @@ def copy_records(
         _flush(run, writer)
 
 
-def _flush(run: _Run, writer: RecordWriter) -> None:
+def _flush(run: _Run, writer: BundleWriter) -> None:
     blob = run.reader.pread(run.start, run.end - run.start)
     fixed: Optional[bytearray] = None
     for _, _, offset, size in run.entries:

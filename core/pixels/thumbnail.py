@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 from PIL import Image
 
-from ..formats.layouts import Layout
+from ..formats.layout import Layout
 from ..grid.tiling_scheme import TileRange
 
 SIZE = (200, 133)

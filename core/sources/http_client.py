@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Callable, Optional, Protocol
 
-from ..errors import CacheError, ExportCanceled
+from ..errors import CacheError, EngineBug, ExportCanceled, ServiceAuthError
 from .service_url import ServiceUrl
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -76,10 +76,6 @@ class TileFailed(Exception):
     def __init__(self, reason: str, what: str):
         super().__init__(f"{what}: {reason}")
         self.reason, self.what = reason, what
-
-
-class ServiceAuthError(CacheError):
-    """The service refused our credentials: retrying cannot help."""
 
 
 @dataclass
@@ -223,7 +219,7 @@ class ServiceClient:
                     self.throttle.pause(delay)  # the server asked everybody to slow down
                 if self.stop.wait(delay):
                     raise ExportCanceled("The export was stopped.") from None
-        raise AssertionError("unreachable")
+        raise EngineBug("a retry loop ended without an answer or an error")
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter on the upper half."""

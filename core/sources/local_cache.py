@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import CacheError
 from ..formats.conf_xml import parse_conf_cdi, parse_conf_xml
 from ..formats.file_store import DirStore, ZipStore, find_case_insensitive
-from ..formats.layouts import LAYOUTS
+from ..formats.storage_formats import LAYOUTS
 from ..grid.tiling_scheme import StorageFormat
 from .service_json import load_json, scheme_from_service_json
 from .source import CacheSource, safe_name

@@ -14,14 +14,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from ..errors import CacheError, ExportCanceled
-from ..formats.layouts import Layout, Wanted, level_folder
+from ..errors import CacheError, DownloadFailed, ExportCanceled, ServiceAuthError
+from ..formats.layout import Layout, Wanted, level_folder
 from ..formats.records import PREFIX, RecordFileReader
 from ..grid.tiling_scheme import TileRange, TilingScheme, bundle_range
-from .http_client import FetchPolicy, ServiceAuthError, ServiceClient, TileFailed, Transport
+from .http_client import FetchPolicy, ServiceClient, TileFailed, Transport
 from .service_json import parse_extent, scheme_from_service_json
 from .service_url import ServiceUrl, parse_service_url
-from .source import CacheSource, ServiceInfo, safe_name
+from .source import CacheSource, safe_name
 
 LOG = logging.getLogger(__name__)
 # Tilemap windows are the 32x32 blocks the ArcGIS JS API asks for: aligned to 32, so they never
@@ -30,8 +30,40 @@ TILEMAP_BLOCK = 32
 NOTHING = TileRange(0, -1, 0, -1)  # an empty range: intersects nothing
 
 
+@dataclass(frozen=True)
+class ServiceInfo:
+    url: ServiceUrl
+    tilemap: bool
+    export_tiles_allowed: Optional[bool]
+    max_export_tiles_count: Optional[int]
+    min_level: int
+    max_level: int
+    tile_format: str
+
+    def describe(self) -> str:
+        allowed = {True: "allowed", False: "not allowed", None: "not stated"}[
+            self.export_tiles_allowed]
+        limit = self.max_export_tiles_count
+        return (
+            f"{self.url.kind} at {self.url}: levels {self.min_level}-{self.max_level}, "
+            f"{self.tile_format}, tilemap {'yes' if self.tilemap else 'no'}; exportTiles "
+            f"{allowed}" + (f", maxExportTilesCount {limit}" if limit is not None else "")
+        )
+
+
+@dataclass
+class ServiceSource(CacheSource):
+    """A REST tile service as a cache source, with what the service says of itself."""
+
+    info: ServiceInfo
+
+    @property
+    def is_service(self) -> bool:
+        return True
+
+
 def open_service(text: str, transport: Transport, token: Optional[str] = None,
-                 policy: Optional[FetchPolicy] = None) -> CacheSource:
+                 policy: Optional[FetchPolicy] = None) -> ServiceSource:
     """Read the service JSON and return the service as a cache source (spec §7.1)."""
     url = parse_service_url(text)
     client = ServiceClient(url, transport, token or url.token, policy or FetchPolicy())
@@ -42,14 +74,14 @@ def open_service(text: str, transport: Transport, token: Optional[str] = None,
         client.cancel()
         raise
     layout = ServiceLayout(client, scheme, info)
-    return CacheSource(
+    return ServiceSource(
         name=safe_name(url.name),
         scheme=scheme,
         layout=layout,
         data_extent=scheme.full_extent,
         location=url.base,
         is_package=False,
-        service=info,
+        info=info,
     )
 
 
@@ -425,7 +457,7 @@ class DownloadedBundle(RecordFileReader):
             if client.stop.is_set():  # requests under way are left to finish on their own
                 raise ExportCanceled("The export was stopped.")
         if isinstance(failure, TileFailed):
-            raise DownloadFailed(client)
+            raise DownloadFailed(client.tally.summary(client.policy.max_attempts))
         if failure is not None:
             raise failure
 
@@ -437,10 +469,3 @@ class DownloadedBundle(RecordFileReader):
 
     def locate(self, row: int, col: int) -> tuple[int, int]:
         return self._index[(row, col)]
-
-
-class DownloadFailed(CacheError):
-    """Tiles that never came; the message counts them (across the run) and says why."""
-
-    def __init__(self, client: ServiceClient):
-        super().__init__(client.tally.summary(client.policy.max_attempts))
