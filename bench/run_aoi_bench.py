@@ -578,6 +578,7 @@ def run_profile(cache: dict, aoi: dict, work: Path) -> dict:
 
     rb._engine()
     from export_map_server_cache.core import exporter as exporter_module
+    from export_map_server_cache.core.export import bundle_job
     from export_map_server_cache.core.exporter import Exporter, ExportOptions
     from export_map_server_cache.core.grid.extent import Extent
     from export_map_server_cache.core.grid.tiling_scheme import StorageFormat
@@ -624,7 +625,7 @@ def run_profile(cache: dict, aoi: dict, work: Path) -> dict:
 
     profiles: list = []
     lock = threading.Lock()
-    original = exporter_module.Exporter._run_bundle
+    original = bundle_job.BundleJob.run
 
     def profiled(self, *args, **kwargs):
         profile = cProfile.Profile()
@@ -637,7 +638,7 @@ def run_profile(cache: dict, aoi: dict, work: Path) -> dict:
                 profiles.append(profile)
 
     reports = {}
-    exporter_module.Exporter._run_bundle = profiled
+    bundle_job.BundleJob.run = profiled
     try:
         for job in ("aoi", "aoi_mixed", "aoi_noclip"):
             profiles.clear()
@@ -658,7 +659,7 @@ def run_profile(cache: dict, aoi: dict, work: Path) -> dict:
             print(f"  profile of {job} (1 worker, {seconds:.1f} s under cProfile): "
                   f"{work / f'aoi_profile_{job}.txt'}", flush=True)
     finally:
-        exporter_module.Exporter._run_bundle = original
+        bundle_job.BundleJob.run = original
         shutil.rmtree(out, ignore_errors=True)
     return {"in_process_best_seconds": timings, "codec_floor_ms_per_tile": floor,
             "profiles": {k: {**v, "report": v["report"][:6000]} for k, v in reports.items()}}

@@ -22,8 +22,8 @@ class BundleReader(ABC):
         """The bytes of a present tile."""
 
     def locate(self, row: int, col: int) -> tuple[int, int]:
-        """(offset of the image bytes, size) of an indexed reader's tile; the u32 size prefix
-        sits at offset - 4."""
+        """(offset of the image bytes, size) of an indexed reader's tile, one `present()`
+        listed; the u32 size prefix sits at offset - 4."""
         raise NotImplementedError(f"{type(self).__name__} has no index")
 
     def pread(self, offset: int, length: int) -> bytes:
