@@ -12,6 +12,7 @@ from qgis.core import QgsProcessingContext, QgsProject
 
 from ..core.selection.level_table import LevelRow, level_rows
 from ..core.sources.source import CacheSource
+from .export_parameters import ExportParameters
 from .input_layers import resolve_input
 from .qgis_network import QgisTransport
 
@@ -27,7 +28,8 @@ class LevelSource:
     def open(cls, algorithm, parameters: dict) -> LevelSource:
         context = _context()
         resolved = resolve_input(str(parameters.get("INPUT_SERVICE") or "").strip(), context)
-        return cls(*algorithm.open_input(resolved, parameters, context, LIST_WORKERS))
+        return cls(*ExportParameters(algorithm, parameters, context).open_input(
+            resolved, LIST_WORKERS))
 
     @property
     def present_levels(self) -> set[int]:
@@ -44,7 +46,8 @@ class LevelSource:
 
     def rows(self, algorithm, parameters: dict, feedback) -> list[LevelRow]:
         scheme = self.source.scheme
-        selection = algorithm.selection(parameters, _context(), feedback, scheme)
+        selection = ExportParameters(algorithm, parameters, _context()).selection(feedback,
+                                                                            scheme)
         return level_rows(scheme, self.source.data_extent, selection)
 
     def close(self) -> None:
