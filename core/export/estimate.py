@@ -75,11 +75,9 @@ def _count_in_bundle(level: int, brow: int, bcol: int, window: Optional[TileRang
     coverage = selection.bundle_coverage(level, brow, bcol)
     if coverage is Coverage.NONE:
         return 0
-    if coverage is Coverage.ALL or not isinstance(selection, PolygonSelection):
+    if coverage is Coverage.ALL:
         return block.count
-    return sum(1 for row in range(block.row_min, block.row_max + 1)
-               for col in range(block.col_min, block.col_max + 1)
-               if selection.contains(level, row, col))
+    return selection.count_in(level, block)
 
 
 def estimate(source: CacheSource, levels: list[int], selection: Selection,

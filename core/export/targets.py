@@ -21,6 +21,7 @@ from ..formats.compact_v1 import BundleV1Writer
 from ..formats.compact_v2 import BundleV2Writer
 from ..formats.conf_xml import write_conf_cdi, write_conf_xml
 from ..formats.file_store import ZipStore
+from ..formats.layout import bundle_name, level_folder
 from ..formats.package_metadata import (
     item_pkinfo,
     iteminfo_json,
@@ -228,7 +229,7 @@ class PackageTarget(Target):
         self._staged: set = set()
 
     def _bundle_files(self, level: int, brow: int, bcol: int) -> list[tuple[Path, str]]:
-        folder, stem = "L%02d" % level, "R%04xC%04x" % (brow, bcol)
+        folder, stem = level_folder(level), bundle_name(brow, bcol)
         suffixes = (".bundle",) if self._v2 else (".bundle", ".bundlx")
         return [(self.work_alllayers / folder / (stem + suffix),
                  f"{self._prefix}/{folder}/{stem}{suffix}") for suffix in suffixes]

@@ -11,14 +11,11 @@ from ..errors import CorruptCacheError
 from ..grid.tiling_scheme import PACKET_SIZE, StorageFormat, TileRange, bundle_origin
 from .atomic_file import AtomicFile
 from .bundle import BundleReader, BundleWriter
+from .image_kind import tile_extension
 from .layout import Layout, Store, Wanted
 
 ROW_RE = re.compile(r"^R([0-9a-f]{8})$", re.IGNORECASE)
 TILE_RE = re.compile(r"^C([0-9a-f]{8})\.(png|jpg|jpeg)$", re.IGNORECASE)
-
-
-def tile_extension(data: bytes) -> str:
-    return "jpg" if data[:3] == b"\xff\xd8\xff" else "png"
 
 
 class _ExplodedBlock(BundleReader):

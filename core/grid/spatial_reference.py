@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from .extent import Extent
+from .json_values import int_or
 
 WEB_MERCATOR_WKT = (
     'PROJCS["WGS_1984_Web_Mercator_Auxiliary_Sphere",GEOGCS["GCS_WGS_1984",DATUM["D_WGS_1984",'
@@ -142,8 +143,8 @@ class SpatialReference:
         if domain:  # JSON has no HighPrecision; every domain ArcGIS 10+ writes is high precision
             domain += (("HighPrecision", "true"),)
         return cls(
-            wkid=_int_or_none(data.get("wkid")),
-            latest_wkid=_int_or_none(data.get("latestWkid")),
+            wkid=int_or(data.get("wkid")),
+            latest_wkid=int_or(data.get("latestWkid")),
             wkt=data.get("wkt") or None,
             domain=domain,
         )
@@ -177,13 +178,6 @@ def _decimal(value: float) -> str:
 def _number(text: str):
     value = float(text)
     return int(value) if value.is_integer() and abs(value) < 1e15 else value
-
-
-def _int_or_none(value) -> Optional[int]:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _normalise_wkt(wkt: Optional[str]) -> str:

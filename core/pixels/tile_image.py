@@ -14,21 +14,12 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CorruptCacheError
+from ..formats.image_kind import is_jpeg, is_png
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-JPEG_SIGNATURE = b"\xff\xd8\xff"
 PNG_COMPRESS_LEVEL = 6  # PIL's default: smaller tiles matter more than encoding time here
 DEFAULT_JPEG_QUALITY = 75  # ArcGIS's default compression quality
 # PNG colour types (IHDR byte 9): 0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA
 PNG_ALPHA_TYPES = (4, 6)
-
-
-def is_jpeg(data: bytes) -> bool:
-    return data[:3] == JPEG_SIGNATURE
-
-
-def is_png(data: bytes) -> bool:
-    return data[:8] == PNG_SIGNATURE
 
 
 def png_color_type(data: bytes) -> int:

@@ -38,9 +38,7 @@ def level_rows(scheme: TilingScheme, data_extent: Optional[Extent],
         tiles, exact = (window.count, True) if window is not None else (0, area is not None)
         if window is not None and isinstance(selection, PolygonSelection):
             if window.count <= COUNT_LIMIT:
-                tiles = sum(1 for row in range(window.row_min, window.row_max + 1)
-                            for col in range(window.col_min, window.col_max + 1)
-                            if selection.contains(lod.level, row, col))
+                tiles = selection.count_in(lod.level, window)
             else:
                 tiles, exact = round(window.count * selection.area_share()), False
         rows.append(LevelRow(lod.level, lod.scale, lod.resolution, tiles, exact))

@@ -40,6 +40,10 @@ class Selection:
     def contains(self, level: int, row: int, col: int) -> bool:
         return True
 
+    def count_in(self, level: int, window: TileRange) -> int:
+        """Selected tiles of `window`, a window inside `self.window(level)`."""
+        return window.count
+
     def clipper(self, level: int, brow: int, bcol: int) -> Optional[BundleClipper]:
         """Pixel masks for the tiles of one bundle; None where selected tiles are kept whole."""
         return None
@@ -135,6 +139,11 @@ class PolygonSelection(ExtentSelection):
             return False
         brow, bcol = row - row % PACKET_SIZE, col - col % PACKET_SIZE
         return bool(self._bundle_states(level, brow, bcol)[0][row - brow, col - bcol])
+
+    def count_in(self, level: int, window: TileRange) -> int:
+        return sum(1 for row in range(window.row_min, window.row_max + 1)
+                   for col in range(window.col_min, window.col_max + 1)
+                   if self.contains(level, row, col))
 
     def tile_filter(self, level: int, brow: int, bcol: int) -> Callable[[int, int], bool]:
         """From the bundle's tile states, without a geometry test per tile."""

@@ -15,12 +15,9 @@ from email.utils import parsedate_to_datetime
 from typing import Callable, Optional, Protocol
 
 from ..errors import CacheError, EngineBug, ExportCanceled, ServiceAuthError
+from ..formats.image_kind import JPEG_END, PNG_END, is_jpeg, is_png
 from .service_url import ServiceUrl
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_END = b"IEND\xaeB`\x82"
-JPEG_START = b"\xff\xd8\xff"
-JPEG_END = b"\xff\xd9"
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 AUTH_CODES = frozenset({401, 403, 498, 499})
 # the service JSON and tilemaps: a wrong URL or a dead server is reported quickly, and a broken
@@ -323,9 +320,9 @@ def image_problem(body: bytes) -> str:
     """Why these bytes are not a complete PNG or JPEG tile ("" when they are)."""
     if not body:
         return "empty body"
-    if body.startswith(PNG_SIGNATURE):
+    if is_png(body):
         return "" if body.endswith(PNG_END) else "truncated PNG"
-    if body.startswith(JPEG_START):
+    if is_jpeg(body):
         return "" if body.rstrip(b"\x00").endswith(JPEG_END) else "truncated JPEG"
     if body.lstrip()[:1] in (b"<", b"{"):
         return "an HTML or JSON page instead of an image"

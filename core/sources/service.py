@@ -17,6 +17,7 @@ from typing import Optional, Union
 from ..errors import CacheError, DownloadFailed, ExportCanceled, ServiceAuthError
 from ..formats.layout import Layout, Wanted, level_folder
 from ..formats.records import PREFIX, RecordFileReader
+from ..grid.json_values import int_or
 from ..grid.tiling_scheme import TileRange, TilingScheme, bundle_range
 from .http_client import FetchPolicy, ServiceClient, TileFailed, Transport
 from .service_json import parse_extent, scheme_from_service_json
@@ -100,27 +101,20 @@ def _describe(service: dict, url: ServiceUrl) -> tuple[TilingScheme, ServiceInfo
     scheme = scheme_from_service_json(
         {**service, "tileInfo": tile_info, "fullExtent": extent and extent.as_dict()}, what)
     levels = scheme.levels
-    min_level = _int(service.get("minLOD"), levels[0])
-    max_level = _int(service.get("maxLOD"), levels[-1])
+    min_level = int_or(service.get("minLOD"), levels[0])
+    max_level = int_or(service.get("maxLOD"), levels[-1])
     capabilities = {c.strip().lower() for c in str(service.get("capabilities", "")).split(",")}
     allowed = service.get("exportTilesAllowed")
     info = ServiceInfo(
         url=url,
         tilemap="tilemap" in capabilities,
         export_tiles_allowed=allowed if isinstance(allowed, bool) else None,
-        max_export_tiles_count=_int(service.get("maxExportTilesCount"), None),
+        max_export_tiles_count=int_or(service.get("maxExportTilesCount"), None),
         min_level=min_level,
         max_level=max_level,
         tile_format=scheme.tile_format,
     )
     return scheme, info
-
-
-def _int(value, default):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
 
 
 class ServiceLayout(Layout):
