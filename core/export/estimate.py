@@ -1,5 +1,5 @@
 """How many tiles an export takes and how big it will be, per level, before anything is written
-(the `estimateExportTilesSize` of the REST API, spec §7.4).
+(the `estimateExportTilesSize` of the REST API, esri-formats §7.4).
 
 Local caches are counted exactly from their bundle indexes. Services are counted from their
 tilemap where they have one; otherwise every tile of the export area is a candidate, and a few

@@ -1,4 +1,5 @@
-"""Compact Cache V1 bundles: `.bundle` records plus a column-major `.bundlx` index (spec §2)."""
+"""Compact Cache V1 bundles: `.bundle` records plus a column-major `.bundlx` index
+(esri-formats §2)."""
 from __future__ import annotations
 
 import struct

@@ -1,6 +1,6 @@
 """Compact Cache V2 bundles: 64-byte header, 16,384 u64 index entries, size-prefixed records.
 
-Byte layout and header profiles: spec §3. Readers validate what GDAL and ArcGIS rely on;
+Byte layout and header profiles: esri-formats §3. Readers validate what GDAL and ArcGIS rely on;
 writers stream records to a temporary file and rename it into place when complete.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""conf.xml (tiling scheme) and conf.cdi (data extent) of cache datasets (spec §4, §5)."""
+"""conf.xml (tiling scheme) and conf.cdi (data extent) of cache datasets (esri-formats §4, §5)."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET

@@ -1,5 +1,5 @@
 """Exploded caches: one file per tile, `L<level>/R<row hex 8>/C<col hex 8>.<png|jpg>`
-(spec §1). Read and written by bundle like the compact formats: a bundle here is the 128x128
+(esri-formats §1). Read and written by bundle like the compact formats: a bundle here is the 128x128
 block of tile files."""
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """What the storage formats share: level and bundle names, and `Layout`, the interface of a
 level's tiles on disk (or in a package) that the exporter reads through.
 
-A layout knows its folder naming (spec §1, §2.1, §3.1); the bundle (128x128 tiles) is the unit
-it hands out, for exploded caches too, so the exporter treats every format the same way.
+A layout knows its folder naming (esri-formats §1, §2.1); the bundle (128x128 tiles) is the
+unit it hands out, for exploded caches too, so the exporter treats every format the same way.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class Layout(ABC):
 
 
 class BundledLayout(Layout):
-    """A compact format's layout: `L<level>/R<row>C<col>.bundle` files (spec §2.1, §3.1)."""
+    """A compact format's layout: `L<level>/R<row>C<col>.bundle` files (esri-formats §2.1)."""
 
     def __init__(self, store: Store, prefix: str):
         super().__init__(store, prefix)

@@ -1,5 +1,5 @@
-"""The metadata members of tile packages: root.json/iteminfo.json (.tpkx, spec §6.2) and
-iteminfo.xml/item.pkinfo/mapserver.json (.tpk, spec §6.1)."""
+"""The metadata members of tile packages: root.json/iteminfo.json (.tpkx, esri-formats §6.2) and
+iteminfo.xml/item.pkinfo/mapserver.json (.tpk, esri-formats §6.1)."""
 from __future__ import annotations
 
 import json

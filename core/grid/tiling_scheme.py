@@ -1,4 +1,4 @@
-"""Tiling schemes and the tile/bundle arithmetic of Esri caches (spec §0, §8)."""
+"""Tiling schemes and the tile/bundle arithmetic of Esri caches (esri-formats §0, §8)."""
 from __future__ import annotations
 
 import enum
@@ -13,7 +13,7 @@ from .spatial_reference import SpatialReference
 
 PACKET_SIZE = 128
 WEB_MERCATOR_HALF_WIDTH = 20037508.342789244
-# GDAL's ESRIC driver refuses a level whose full-grid raster is wider than this (spec §9.2).
+# GDAL's ESRIC driver refuses a level whose full-grid raster is wider than this (esri-formats §9.2).
 GDAL_MAX_RASTER = 2**31 - 1
 RESOLUTION_RTOL = 1e-9
 
@@ -140,7 +140,7 @@ class TilingScheme:
         return Extent(top_left.xmin, bottom_right.ymin, bottom_right.xmax, top_left.ymax)
 
     def tile_range(self, level: int, extent: Extent) -> Optional[TileRange]:
-        """Tiles that overlap the extent by more than a tenth of a pixel (spec §8.2)."""
+        """Tiles that overlap the extent by more than a tenth of a pixel (esri-formats §8.2)."""
         res = self.lod(level).resolution
         span_x, span_y = self.tile_span(level)
         shrink = res / 10
@@ -214,7 +214,8 @@ class TilingScheme:
         return found
 
     def gdal_readable_lods(self, keep_levels: Iterable[int] = ()) -> tuple[Lod, ...]:
-        """The LODs without trailing ones GDAL cannot open (spec §9.2) unless they hold tiles."""
+        """The LODs without trailing ones GDAL cannot open (esri-formats §9.2) unless they hold
+        tiles."""
         keep = set(keep_levels)
         width = 2 * max(abs(self.origin_x), abs(self.origin_y))
         lods = list(self.lods)

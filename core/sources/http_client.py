@@ -184,7 +184,7 @@ class ServiceClient:
 
     def tilemap(self, level: int, row: int, col: int, height: int, width: int
                 ) -> Optional[dict]:
-        """The tilemap of a window (spec §7.3); None for HTTP 422 (no tile in it)."""
+        """The tilemap of a window (esri-formats §7.3); None for HTTP 422 (no tile in it)."""
         path = f"/tilemap/{level}/{row}/{col}/{width}/{height}"
         return self._with_retries(self.service.url(path, {"f": "json"}), f"tilemap {path}",
                                   _check_tilemap, SERVICE_ATTEMPTS)

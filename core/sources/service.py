@@ -26,7 +26,7 @@ from .source import CacheSource, safe_name
 
 LOG = logging.getLogger(__name__)
 # Tilemap windows are the 32x32 blocks the ArcGIS JS API asks for: aligned to 32, so they never
-# cross a bundle (where servers clip, and where 422 can wrongly mean "none", spec §7.3).
+# cross a bundle (where servers clip, and where 422 can wrongly mean "none", esri-formats §7.3).
 TILEMAP_BLOCK = 32
 NOTHING = TileRange(0, -1, 0, -1)  # an empty range: intersects nothing
 
@@ -65,7 +65,7 @@ class ServiceSource(CacheSource):
 
 def open_service(text: str, transport: Transport, token: Optional[str] = None,
                  policy: Optional[FetchPolicy] = None) -> ServiceSource:
-    """Read the service JSON and return the service as a cache source (spec §7.1)."""
+    """Read the service JSON and return the service as a cache source (esri-formats §7.1)."""
     url = parse_service_url(text)
     client = ServiceClient(url, transport, token or url.token, policy or FetchPolicy())
     try:

@@ -31,7 +31,7 @@ def parse_extent(data: Optional[dict]) -> Optional[Extent]:
 
 
 def scheme_from_service_json(service: dict, what: str) -> TilingScheme:
-    """Build a scheme from any JSON carrying `tileInfo` (spec §6.2, §7.1)."""
+    """Build a scheme from any JSON carrying `tileInfo` (esri-formats §6.2, §7.1)."""
     tile_info = service.get("tileInfo")
     if not isinstance(tile_info, dict):
         raise CacheError(f"{what} has no tileInfo: it does not describe a tile cache.")
