@@ -131,23 +131,7 @@ class Exporter:
                 # so possibly removed
                 tasks = sorted(set(tasks).union(
                     plan_bundles(target.existing, self.levels, self.selection)))
-            results = self._run_tasks(target, tasks)
-            per_level = {level: LevelResult(level) for level in self.levels}
-            finish = Finish(self._scheme, [], Extent(0, 0, 0, 0), None)
-            extent: Optional[Extent] = None
-            ranges: dict[int, TileRange] = {}
-            for result in results:
-                summary = per_level[result.level]
-                summary.tiles += result.tiles
-                summary.bytes += result.bytes
-                summary.bundles += 1 if result.tiles else 0
-                if result.touched:
-                    finish.touched.add((result.level, result.brow, result.bcol))
-                finish.deferred_removals.extend(result.removals)
-                if result.tile_range is not None:
-                    ranges[result.level] = result.tile_range.union(ranges.get(result.level))
-                    tile_extent = self.source.scheme.range_extent(result.level, result.tile_range)
-                    extent = tile_extent.union(extent)
+            per_level, finish, extent, ranges = self._summarise(self._run_tasks(target, tasks))
             total = sum(s.tiles for s in per_level.values())
             if total == 0 and target.existing is None:
                 raise CacheError(
@@ -155,17 +139,7 @@ class Exporter:
                     f"chosen levels ({_levels_text(self.levels)}); nothing was written."
                     + _describe_extent(self.source)
                 )
-            finish.levels = [s.level for s in per_level.values() if s.tiles]
-            finish.extent = self._data_extent(extent)
-            finish.geographic_extent = self.options.geographic_extent or geographic_extent(
-                finish.extent, self.source.scheme.spatial_reference
-            )
-            if self.options.package:
-                scheme = self.source.scheme
-                finish.thumbnail = draw_thumbnail(
-                    self.source.layout, ranges, (scheme.tile_cols, scheme.tile_rows),
-                    self.selection.contains,
-                )
+            self._describe(finish, per_level, extent, ranges)
             if self._is_canceled():
                 raise ExportCanceled("The export was canceled; the target was left unchanged.")
             target.finish(finish)
@@ -179,6 +153,45 @@ class Exporter:
             seconds=time.monotonic() - started,
             levels=[per_level[level] for level in self.levels],
         )
+
+    def _summarise(self, results: list[BundleResult]
+                   ) -> tuple[dict[int, LevelResult], Finish, Optional[Extent],
+                              dict[int, TileRange]]:
+        """Per level: tiles, bytes and bundles; for the target: the bundles written (or
+        dropped) and the files to remove; the exported tiles' extent and ranges."""
+        per_level = {level: LevelResult(level) for level in self.levels}
+        finish = Finish(self._scheme, [], Extent(0, 0, 0, 0), None)
+        extent: Optional[Extent] = None
+        ranges: dict[int, TileRange] = {}
+        for result in results:
+            summary = per_level[result.level]
+            summary.tiles += result.tiles
+            summary.bytes += result.bytes
+            summary.bundles += 1 if result.tiles else 0
+            if result.touched:
+                finish.touched.add((result.level, result.brow, result.bcol))
+            finish.deferred_removals.extend(result.removals)
+            if result.tile_range is not None:
+                ranges[result.level] = result.tile_range.union(ranges.get(result.level))
+                tile_extent = self.source.scheme.range_extent(result.level, result.tile_range)
+                extent = tile_extent.union(extent)
+        return per_level, finish, extent, ranges
+
+    def _describe(self, finish: Finish, per_level: dict[int, LevelResult],
+                  extent: Optional[Extent], ranges: dict[int, TileRange]) -> None:
+        """What the target writes beside the tiles: levels, extents and a package's
+        thumbnail."""
+        finish.levels = [s.level for s in per_level.values() if s.tiles]
+        finish.extent = self._data_extent(extent)
+        finish.geographic_extent = self.options.geographic_extent or geographic_extent(
+            finish.extent, self.source.scheme.spatial_reference
+        )
+        if self.options.package:
+            scheme = self.source.scheme
+            finish.thumbnail = draw_thumbnail(
+                self.source.layout, ranges, (scheme.tile_cols, scheme.tile_rows),
+                self.selection.contains,
+            )
 
     def _output_scheme(self, target: Target) -> TilingScheme:
         """The source's scheme with the tile format and quality the written tiles have."""

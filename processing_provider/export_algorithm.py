@@ -24,9 +24,10 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QColor, QIcon
 
 from ..core.errors import CacheError, ExportCanceled
-from ..core.export.estimate import estimate, format_size
+from ..core.export.estimate import LevelEstimate, estimate, format_size
 from ..core.exporter import Exporter, ExportOptions, auto_workers
 from ..core.grid.tiling_scheme import StorageFormat
+from ..core.selection.tile_selection import Selection
 from ..core.sources.service_url import is_service_url
 from ..core.sources.source import CacheSource
 from ..qgis_compat import (
@@ -260,17 +261,13 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         # a download starts with its estimate (the tilemaps it reads serve the export too); a
         # local copy reads its bundle indexes once, while copying, and reports at the end
         if source.is_service or estimate_only:
-            estimates = estimate(source, levels, selection, feedback.isCanceled)
-            for level in estimates:
-                feedback.pushInfo(level.describe())
+            estimates = self._estimate(source, levels, selection, feedback)
             expected = {e.level: e.tiles for e in estimates}
-            planned = sum(e.tiles for e in estimates)
-            planned_bytes = sum(e.bytes for e in estimates)
-            feedback.pushInfo(f"Total: {planned} tiles, about {format_size(planned_bytes)}")
             if estimate_only:
                 feedback.pushInfo("ESTIMATE_ONLY is set: nothing was written.")
                 return {self.TARGET_CACHE_PATH: target, self.OUTPUT_CACHE_PATH: "",
-                        self.TILE_COUNT: planned, self.BYTE_COUNT: planned_bytes}
+                        self.TILE_COUNT: sum(e.tiles for e in estimates),
+                        self.BYTE_COUNT: sum(e.bytes for e in estimates)}
         crs_extent = selection.bounds() or source.data_extent
         options = ExportOptions(
             target_dir=Path(target),
@@ -312,6 +309,18 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self.TILE_COUNT: result.tile_count,
             self.BYTE_COUNT: result.byte_count,
         }
+
+    @staticmethod
+    def _estimate(source: CacheSource, levels: list[int], selection: Selection, feedback
+                  ) -> list[LevelEstimate]:
+        """Tiles and bytes per level, reported level by level and in total."""
+        estimates = estimate(source, levels, selection, feedback.isCanceled)
+        for level in estimates:
+            feedback.pushInfo(level.describe())
+        planned = sum(e.tiles for e in estimates)
+        planned_bytes = sum(e.bytes for e in estimates)
+        feedback.pushInfo(f"Total: {planned} tiles, about {format_size(planned_bytes)}")
+        return estimates
 
 
 def _advanced(parameter):
