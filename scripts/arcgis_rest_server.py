@@ -72,7 +72,7 @@ def _core_module(name: str) -> ModuleType:
     return importlib.import_module(f"{PACKAGE}.core.{name}")
 
 
-cache_source = _core_module("sources.local_cache")
+local_cache = _core_module("sources.local_cache")
 package_metadata = _core_module("formats.package_metadata")
 errors = _core_module("errors")
 tiling_scheme = _core_module("grid.tiling_scheme")
@@ -216,7 +216,7 @@ class _Service:
         self.blank = b""
 
     def open(self) -> None:
-        source = cache_source.open_cache(self.path)
+        source = local_cache.open_cache(self.path)
         with self._lock:
             self.source = source
             scheme = source.scheme
@@ -896,7 +896,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _cache_name(path: str) -> str:
-    source = cache_source.open_cache(path)
+    source = local_cache.open_cache(path)
     source.close()
     return source.name
 
