@@ -20,7 +20,6 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QColor, QIcon
 
 from ..core.errors import CacheError, ExportCanceled
@@ -43,6 +42,7 @@ from .input_layers import resolve_input
 from .plugin_icon import plugin_icon
 from .result_layer import add_result_layer, viewable_path
 from .secret_parameter import SecretStringParameter
+from .translation import tr
 
 HELP_URL = "https://github.com/export-map-server-cache/export_map_server_cache#readme"
 UI = __package__.rsplit(".", 1)[0] + ".ui"  # imported by the dialogs only, never by qgis_process
@@ -80,7 +80,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
     BYTE_COUNT = "BYTE_COUNT"
 
     def tr(self, text: str) -> str:
-        return QCoreApplication.translate("ExportMapServerCacheAlgorithm", text)
+        return tr(text)
 
     def name(self) -> str:
         return "exportmapservercache"
@@ -209,10 +209,9 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         except CacheError as exc:
             raise QgsProcessingException(str(exc)) from None
         except OSError as exc:
-            raise QgsProcessingException(
-                f"A file could not be read or written: {exc}. Nothing half-written was left in "
-                "the target."
-            ) from None
+            raise QgsProcessingException(tr(
+                "A file could not be read or written: {}. Nothing half-written was left in "
+                "the target.").format(exc)) from None
 
     def _export(self, parameters, context, feedback):
         resolved = self._input  # set by prepareAlgorithm
@@ -222,10 +221,9 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         storage = STORAGE_FORMATS[
             self.parameterAsEnum(parameters, self.STORAGE_FORMAT_TYPE, context)]
         if package and storage is StorageFormat.EXPLODED:
-            raise QgsProcessingException(
+            raise QgsProcessingException(tr(
                 "A tile package cannot hold an Exploded cache: choose COMPACT (.tpk) or "
-                "COMPACT_V2 (.tpkx) as the storage format, or export a CACHE_DATASET."
-            )
+                "COMPACT_V2 (.tpkx) as the storage format, or export a CACHE_DATASET."))
         target = self.parameterAsString(parameters, self.TARGET_CACHE_PATH, context)
         workers = self.parameterAsInt(parameters, self.NUM_OF_CACHING_SERVICE_INSTANCES, context)
         remote = is_service_url(resolved.location)
@@ -247,15 +245,15 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         scheme = source.scheme
         levels = values.levels(scheme)
         selection = values.selection(feedback, scheme)
-        kind = "service" if source.is_service else scheme.storage_format.label
-        feedback.pushInfo(
-            f"Input: {source.location} ({kind}, {scheme.tile_format}, "
-            f"{scheme.tile_cols}x{scheme.tile_rows} px, {scheme.spatial_reference.describe()})")
+        kind = tr("service") if source.is_service else scheme.storage_format.label
+        feedback.pushInfo(tr("Input: {} ({}, {}, {}x{} px, {})").format(
+            source.location, kind, scheme.tile_format, scheme.tile_cols, scheme.tile_rows,
+            scheme.spatial_reference.describe()))
         if source.is_service:
-            feedback.pushInfo(f"Service: {source.info.describe()}")
+            feedback.pushInfo(tr("Service: {}").format(source.info.describe()))
             levels = values.service_levels(source, levels, feedback)
             values.check_tile_limit(source, levels, selection)
-        feedback.pushInfo(f"Levels: {','.join(map(str, levels))}")
+        feedback.pushInfo(tr("Levels: {}").format(",".join(map(str, levels))))
         estimate_only = self.parameterAsBool(parameters, self.ESTIMATE_ONLY, context)
         expected = None
         # a download starts with its estimate (the tilemaps it reads serve the export too); a
@@ -264,7 +262,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             estimates = self._estimate(source, levels, selection, feedback)
             expected = {e.level: e.tiles for e in estimates}
             if estimate_only:
-                feedback.pushInfo("ESTIMATE_ONLY is set: nothing was written.")
+                feedback.pushInfo(tr("ESTIMATE_ONLY is set: nothing was written."))
                 return {self.TARGET_CACHE_PATH: target, self.OUTPUT_CACHE_PATH: "",
                         self.TILE_COUNT: sum(e.tiles for e in estimates),
                         self.BYTE_COUNT: sum(e.bytes for e in estimates)}
@@ -281,8 +279,8 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             geographic_extent=values.lonlat(crs_extent, scheme),
             **values.tile_options(),
         )
-        feedback.pushInfo(
-            f"{'Concurrent requests' if source.is_service else 'Workers'}: {options.workers}")
+        feedback.pushInfo((tr("Concurrent requests: {}") if source.is_service
+                           else tr("Workers: {}")).format(options.workers))
         result = Exporter(
             source, levels, selection, options,
             progress=lambda fraction: feedback.setProgress(100.0 * fraction),
@@ -291,16 +289,16 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             expected=expected,
         ).run()
         for level in result.levels:
-            feedback.pushInfo(
-                f"Level {level.level}: {level.tiles} tiles, {level.bytes} bytes")
+            feedback.pushInfo(tr("Level {}: {} tiles, {} bytes").format(
+                level.level, level.tiles, level.bytes))
         rate = result.tile_count / result.seconds if result.seconds else 0.0
-        feedback.pushInfo(
-            f"Exported {result.tile_count} tiles ({result.byte_count} bytes) in "
-            f"{result.seconds:.2f} s ({rate:.0f} tiles/s) to {result.output_path}")
+        feedback.pushInfo(tr("Exported {} tiles ({} bytes) in {:.2f} s ({:.0f} tiles/s) to {}")
+                          .format(result.tile_count, result.byte_count, result.seconds, rate,
+                                  result.output_path))
         if source.is_service:
             client = source.layout.client
-            feedback.pushInfo(
-                f"Requests: {client.requests}, retried: {client.tally.retries}")
+            feedback.pushInfo(tr("Requests: {}, retried: {}").format(
+                client.requests, client.tally.retries))
         if self.parameterAsBool(parameters, self.LOAD_RESULT, context):
             self._to_load = viewable_path(result.output_path, storage, package, feedback)
         return {
@@ -319,7 +317,8 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             feedback.pushInfo(level.describe())
         planned = sum(e.tiles for e in estimates)
         planned_bytes = sum(e.bytes for e in estimates)
-        feedback.pushInfo(f"Total: {planned} tiles, about {format_size(planned_bytes)}")
+        feedback.pushInfo(tr("Total: {} tiles, about {}").format(planned,
+                                                                format_size(planned_bytes)))
         return estimates
 
 

@@ -21,6 +21,7 @@ from ..core.sources.source import CacheSource
 from .input_layers import ResolvedInput
 from .qgis_network import QgisTransport
 from .qgis_values import aoi_wkb, cache_crs, lonlat_extent, to_extent
+from .translation import tr
 
 # TILE_FORMAT options; "keep" = the input's format (the existing target's when merging)
 TILE_FORMATS = ("keep", "PNG", "PNG8", "JPEG", "MIXED", "PNG24", "PNG32")
@@ -89,20 +90,20 @@ class ExportParameters:
         if has_aoi:
             source = self._source(self._algorithm.AREA_OF_INTEREST)
             if source is None:
-                raise QgsProcessingException(
-                    "AREA_OF_INTEREST could not be opened as a vector layer.")
+                raise QgsProcessingException(tr(
+                    "AREA_OF_INTEREST could not be opened as a vector layer."))
             if has_extent:
-                feedback.pushWarning(
+                feedback.pushWarning(tr(
                     "Both AREA_OF_INTEREST and EXPORT_EXTENT are set: the area of interest is "
-                    "used and the extent ignored.")
+                    "used and the extent ignored."))
             clip = not self._bool(self._algorithm.DISABLE_CLIPPING)
             polygon = aoi_wkb(source, crs, self._context, scheme.spatial_reference,
                               scheme.world_span() is not None)
             return PolygonSelection(scheme, polygon, clip)
         rect = self._extent(self._algorithm.EXPORT_EXTENT, crs)
         if rect.isNull() or rect.isEmpty():
-            raise QgsProcessingException(
-                "EXPORT_EXTENT is empty or could not be transformed into the cache's CRS.")
+            raise QgsProcessingException(tr(
+                "EXPORT_EXTENT is empty or could not be transformed into the cache's CRS."))
         return ExtentSelection(scheme, to_extent(rect))
 
     def token(self) -> Optional[str]:
@@ -113,8 +114,9 @@ class ExportParameters:
             return text or None
         name = text[len("env:"):]
         if not os.environ.get(name):
-            raise QgsProcessingException(
-                f"TOKEN names the environment variable {name!r}, which is not set or empty.")
+            raise QgsProcessingException(tr(
+                "TOKEN names the environment variable {!r}, which is not set or empty.")
+                .format(name))
         return os.environ[name].strip()
 
     def tile_options(self) -> dict:
@@ -127,15 +129,15 @@ class ExportParameters:
             quality = self._int(self._algorithm.COMPRESSION_QUALITY)
         optimize = self._bool(self._algorithm.OPTIMIZE_TILES_FOR_SIZE)
         if optimize and quality is None:
-            raise QgsProcessingException(
+            raise QgsProcessingException(tr(
                 "OPTIMIZE_TILES_FOR_SIZE recompresses JPEG tiles at COMPRESSION_QUALITY: give "
-                "a quality from 1 (smallest) to 100 (best), e.g. 60.")
+                "a quality from 1 (smallest) to 100 (best), e.g. 60."))
         colour = QColor(255, 255, 255)
         if self._parameters.get(self._algorithm.BACKGROUND_COLOR) not in (None, ""):
             colour = self._color(self._algorithm.BACKGROUND_COLOR)
             if not colour.isValid():
-                raise QgsProcessingException(
-                    "BACKGROUND_COLOR is not a colour; give it as #rrggbb or r,g,b.")
+                raise QgsProcessingException(tr(
+                    "BACKGROUND_COLOR is not a colour; give it as #rrggbb or r,g,b."))
         return {"tile_format": tile_format, "quality": quality, "optimize": optimize,
                 "background": (colour.red(), colour.green(), colour.blue())}
 
@@ -146,13 +148,13 @@ class ExportParameters:
         kept = [level for level in levels if info.min_level <= level <= info.max_level]
         if len(kept) < len(levels):
             left_out = sorted(set(levels) - set(kept))
-            feedback.pushWarning(
-                f"Levels {','.join(map(str, left_out))} are outside the service's levels "
-                f"{info.min_level}-{info.max_level} and are left out.")
+            feedback.pushWarning(tr(
+                "Levels {} are outside the service's levels {}-{} and are left out.").format(
+                ",".join(map(str, left_out)), info.min_level, info.max_level))
         if not kept:
-            raise QgsProcessingException(
-                f"None of the chosen levels is served: the service has levels "
-                f"{info.min_level}-{info.max_level}.")
+            raise QgsProcessingException(tr(
+                "None of the chosen levels is served: the service has levels {}-{}.").format(
+                info.min_level, info.max_level))
         return kept
 
     def check_tile_limit(self, source: CacheSource, levels: list[int],
@@ -168,13 +170,13 @@ class ExportParameters:
                 break
         total = sum(counts.values())
         if total > limit:
-            shown = ", ".join(f"level {level}: {n}" for level, n in counts.items())
+            shown = ", ".join(tr("level {}: {}").format(level, n) for level, n in counts.items())
             more = " or more" if len(counts) < len(levels) else ""
-            raise QgsProcessingException(
-                f"The export would download {total}{more} tiles ({shown}{more and ', …'}), more "
-                f"than MAX_TILE_COUNT ({limit}). Choose fewer levels or a smaller extent or "
-                "area of interest, or raise MAX_TILE_COUNT (0 = no limit) if you may download "
-                "that many tiles from this service.")
+            raise QgsProcessingException(tr(
+                "The export would download {}{} tiles ({}{}), more than MAX_TILE_COUNT ({}). "
+                "Choose fewer levels or a smaller extent or area of interest, or raise "
+                "MAX_TILE_COUNT (0 = no limit) if you may download that many tiles from this "
+                "service.").format(total, more, shown, more and ", …", limit))
 
     @staticmethod
     def lonlat(extent, scheme: TilingScheme):
