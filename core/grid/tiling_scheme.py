@@ -149,9 +149,6 @@ class TilingScheme:
         row_min = math.floor((self.origin_y - (extent.ymax - shrink)) / span_y)
         row_max = math.floor((self.origin_y - (extent.ymin + shrink)) / span_y)
         col_min, row_min = max(col_min, 0), max(row_min, 0)
-        world = self.world_grid(level)
-        if world is not None:
-            col_max, row_max = min(col_max, world.col_max), min(row_max, world.row_max)
         if col_max < col_min or row_max < row_min:
             return None
         return TileRange(row_min, row_max, col_min, col_max)

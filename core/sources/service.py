@@ -146,18 +146,20 @@ class ServiceLayout(Layout):
                 if self.info.min_level <= level <= self.info.max_level}
 
     def limit(self, level: int, whole_bundles: bool = False) -> Optional[TileRange]:
-        """The tiles that can exist at a level (None: nothing says): the world's grid (tile
-        indexes only lie inside it: scheme.tile_range), within the service's full extent,
-        widened to whole bundles when a tilemap will tell what they hold (a cache may hold
-        tiles a little beyond the extent its service states)."""
+        """The tiles that can exist at a level (None: nothing says): the world's grid (a client
+        asks for no tile beyond it), within the service's full extent, widened to whole bundles
+        when a tilemap will tell what they hold (a cache may hold tiles a little beyond the
+        extent its service states)."""
         extent = self.scheme.full_extent
+        world = self.scheme.world_grid(level)
         if extent is None:
-            return self.scheme.world_grid(level)
+            return world
         full = self.scheme.tile_range(level, extent)
+        if full is not None and world is not None:
+            full = full.intersection(world)
         if full is None:
             return NOTHING
         if whole_bundles:
-            world = self.scheme.world_grid(level)
             full = full.whole_bundles()
             full = full.intersection(world) if world is not None else full
         return full
