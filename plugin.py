@@ -5,14 +5,11 @@ the desktop calls only :meth:`ExportMapServerCachePlugin.initGui`, which calls `
 itself. Nothing outside ``initGui``/``unload`` may touch ``iface``.
 """
 
-import os
-
 from qgis.core import QgsApplication
 
 from .processing_provider.provider import MapServerCacheProvider
 
 ALGORITHM_ID = "mapservercache:exportmapservercache"
-PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class ExportMapServerCachePlugin:
@@ -37,12 +34,13 @@ class ExportMapServerCachePlugin:
         """Register the provider and add the Web menu / Web toolbar action."""
         self.initProcessing()
 
-        from qgis.PyQt.QtGui import QIcon
         from qgis.PyQt.QtWidgets import QAction
+
+        from .processing_provider.plugin_icon import plugin_icon
 
         main_window = self.iface.mainWindow()
         self.action = QAction(
-            QIcon(os.path.join(PLUGIN_DIR, "icon.png")),
+            plugin_icon(),
             "Export Map Server Cache\u2026",
             main_window,
         )

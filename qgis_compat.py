@@ -25,9 +25,15 @@ if Qgis.QGIS_VERSION_INT >= 33600:
     NUMBER_INTEGER = Qgis.ProcessingNumberParameterType.Integer
     NUMBER_DOUBLE = Qgis.ProcessingNumberParameterType.Double
     SOURCE_VECTOR_POLYGON = Qgis.ProcessingSourceType.VectorPolygon
+    PARAMETER_ADVANCED = Qgis.ProcessingParameterFlag.Advanced
 else:
-    from qgis.core import QgsProcessing, QgsProcessingParameterNumber
+    from qgis.core import (
+        QgsProcessing,
+        QgsProcessingParameterDefinition,
+        QgsProcessingParameterNumber,
+    )
 
     NUMBER_INTEGER = QgsProcessingParameterNumber.Type.Integer
     NUMBER_DOUBLE = QgsProcessingParameterNumber.Type.Double
     SOURCE_VECTOR_POLYGON = QgsProcessing.SourceType.TypeVectorPolygon
+    PARAMETER_ADVANCED = QgsProcessingParameterDefinition.Flag.FlagAdvanced

@@ -33,9 +33,9 @@ Steps:
    are kept).
 
 --profile: instead, run the jobs in this process with the engine (core.exporter.Exporter with
-core.selection.PolygonSelection, as processing_provider/export_algorithm.py builds them), timed
-with 1 and 2 workers, and the AOI job once more under cProfile (every worker thread profiled),
-printing where the time goes.
+core.selection.tile_selection.PolygonSelection, as processing_provider/export_algorithm.py builds
+them), timed with 1 and 2 workers, and the AOI job once more under cProfile (every worker thread
+profiled), printing where the time goes.
 """
 from __future__ import annotations
 
@@ -578,11 +578,15 @@ def run_profile(cache: dict, aoi: dict, work: Path) -> dict:
 
     rb._engine()
     from export_map_server_cache.core import exporter as exporter_module
-    from export_map_server_cache.core.cache_source import open_cache
+    from export_map_server_cache.core.export import bundle_job
     from export_map_server_cache.core.exporter import Exporter, ExportOptions
-    from export_map_server_cache.core.geometry import Extent
-    from export_map_server_cache.core.selection import ExtentSelection, PolygonSelection
-    from export_map_server_cache.core.tiling_scheme import StorageFormat
+    from export_map_server_cache.core.grid.extent import Extent
+    from export_map_server_cache.core.grid.tiling_scheme import StorageFormat
+    from export_map_server_cache.core.selection.tile_selection import (
+        ExtentSelection,
+        PolygonSelection,
+    )
+    from export_map_server_cache.core.sources.local_cache import open_cache
 
     print(f"  engine: {Path(exporter_module.__file__).parent.parent}", flush=True)
     polygon_wkb = Polygon(aoi["ring"]).wkb
@@ -621,7 +625,7 @@ def run_profile(cache: dict, aoi: dict, work: Path) -> dict:
 
     profiles: list = []
     lock = threading.Lock()
-    original = exporter_module.Exporter._run_bundle
+    original = bundle_job.BundleJob.run
 
     def profiled(self, *args, **kwargs):
         profile = cProfile.Profile()
@@ -634,7 +638,7 @@ def run_profile(cache: dict, aoi: dict, work: Path) -> dict:
                 profiles.append(profile)
 
     reports = {}
-    exporter_module.Exporter._run_bundle = profiled
+    bundle_job.BundleJob.run = profiled
     try:
         for job in ("aoi", "aoi_mixed", "aoi_noclip"):
             profiles.clear()
@@ -655,7 +659,7 @@ def run_profile(cache: dict, aoi: dict, work: Path) -> dict:
             print(f"  profile of {job} (1 worker, {seconds:.1f} s under cProfile): "
                   f"{work / f'aoi_profile_{job}.txt'}", flush=True)
     finally:
-        exporter_module.Exporter._run_bundle = original
+        bundle_job.BundleJob.run = original
         shutil.rmtree(out, ignore_errors=True)
     return {"in_process_best_seconds": timings, "codec_floor_ms_per_tile": floor,
             "profiles": {k: {**v, "report": v["report"][:6000]} for k, v in reports.items()}}

@@ -83,7 +83,7 @@ def tile_pool(sample_layers: Path) -> list[bytes]:
     import numpy as np
     from PIL import Image
 
-    from export_map_server_cache.core.cache_source import open_cache
+    from export_map_server_cache.core.sources.local_cache import open_cache
 
     source = open_cache(str(sample_layers))
     reader = source.layout.open_bundle(5, 0, 0)
@@ -112,7 +112,7 @@ def tile_pool(sample_layers: Path) -> list[bytes]:
 def level_windows(n_tiles: int) -> dict:
     """Level 12 and level 13 windows over the same ground (not bundle aligned): w x h tiles at
     level 12 and 2w x 2h at level 13, so 5wh >= n_tiles tiles and one bbox describes both."""
-    from export_map_server_cache.core.tiling_scheme import TileRange
+    from export_map_server_cache.core.grid.tiling_scheme import TileRange
 
     quarter = math.ceil(n_tiles / 5)
     width = math.ceil(math.sqrt(quarter * 1.6))
@@ -126,10 +126,10 @@ def level_windows(n_tiles: int) -> dict:
 
 def build_cache(work: Path, n_tiles: int) -> dict:
     """Write the synthetic cache once; return its description (tiles, bytes, levels, path)."""
-    from export_map_server_cache.core import spatial_reference, tiling_scheme
-    from export_map_server_cache.core.cache_storage import open_writer
-    from export_map_server_cache.core.conf_xml import write_conf_cdi, write_conf_xml
-    from export_map_server_cache.core.tiling_scheme import PACKET_SIZE, StorageFormat
+    from export_map_server_cache.core.formats.conf_xml import write_conf_cdi, write_conf_xml
+    from export_map_server_cache.core.formats.storage_formats import open_writer
+    from export_map_server_cache.core.grid import spatial_reference, tiling_scheme
+    from export_map_server_cache.core.grid.tiling_scheme import PACKET_SIZE, StorageFormat
 
     layers = work / "source" / CACHE_NAME / "Layers"
     marker = work / "source" / "cache.json"

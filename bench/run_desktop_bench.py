@@ -44,11 +44,11 @@ def build_cache(work: Path, top_level: int) -> tuple[Path, int]:
         return folder, int(marker.read_text())
     from PIL import Image
 
-    from export_map_server_cache.core.cache_storage import open_writer
-    from export_map_server_cache.core.conf_xml import write_conf_cdi, write_conf_xml
-    from export_map_server_cache.core.geometry import Extent
-    from export_map_server_cache.core.spatial_reference import SpatialReference
-    from export_map_server_cache.core.tiling_scheme import Lod, TileRange, TilingScheme
+    from export_map_server_cache.core.formats.conf_xml import write_conf_cdi, write_conf_xml
+    from export_map_server_cache.core.formats.storage_formats import open_writer
+    from export_map_server_cache.core.grid.extent import Extent
+    from export_map_server_cache.core.grid.spatial_reference import SpatialReference
+    from export_map_server_cache.core.grid.tiling_scheme import Lod, TileRange, TilingScheme
 
     lods = tuple(Lod(z, 156543.03392800014 / 2**z, 591657527.591555 / 2**z)
                  for z in range(top_level + 1))

@@ -264,7 +264,7 @@ def git_state() -> dict:
                               check=False).stdout.rstrip()
 
     digest = hashlib.sha256()
-    files = [*sorted((REPO / "core").glob("*.py")),
+    files = [*sorted((REPO / "core").rglob("*.py")),
              *sorted((REPO / "processing_provider").glob("*.py")),
              REPO / "scripts" / "arcgis_rest_server.py"]
     for path in files:

@@ -1,4 +1,10 @@
-"""Exceptions the engine raises; the Processing algorithm turns them into QgsProcessingException."""
+"""Every exception the engine raises, in one hierarchy.
+
+`CacheError` and its subclasses are the user's errors: bad input or an impossible request, with
+a message that says what to do; the Processing algorithm shows that message (and no traceback).
+`EngineBug` and its subclasses are programming errors (`RuntimeError`s): a broken promise inside
+the engine, never worded for the user and always shown with their traceback.
+"""
 
 
 class CacheError(Exception):
@@ -19,3 +25,15 @@ class CorruptCacheError(CacheError):
 
 class ExportCanceled(CacheError):
     """The user canceled the export; nothing half-written is left behind."""
+
+
+class ServiceAuthError(CacheError):
+    """The service refused our credentials: retrying cannot help."""
+
+
+class DownloadFailed(CacheError):
+    """Tiles that never came; the message counts them (across the run) and says why."""
+
+
+class EngineBug(RuntimeError):
+    """A programming error inside the engine: shown with its traceback, never as advice."""

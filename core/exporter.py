@@ -1,9 +1,8 @@
-"""Running an export: plan the bundles, copy tiles bundle by bundle in a worker pool, commit.
+"""Running an export: plan the bundles (export.plan), run the work on each bundle
+(export.bundle_job) in a worker pool (export.pool), then commit the target (export.targets).
 
-Tiles are copied as bytes; only tiles whose pixels change (clipped by the area of interest,
-merged into an existing tile, converted to another format) are decoded, by tile_composer. Each
-128x128 bundle of the target is written by exactly one worker, so no two threads ever share a
-bundle file. Only the bundle list of the export is held in memory, never a level's tiles.
+Each 128x128 bundle of the target is written by exactly one worker, so no two threads ever share
+a bundle file. Only the bundle list of the export is held in memory, never a level's tiles.
 """
 from __future__ import annotations
 
@@ -11,33 +10,25 @@ import os
 import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-
-from .bundle_records import copy_records
-from .cache_source import CacheSource
-from .cache_storage import ExplodedBlockWriter
-from .cache_target import DatasetTarget, Finish, PackageTarget, Target
 from .errors import CacheError, ExportCanceled
-from .geometry import Extent
-from .progress import ExportProgress
-from .selection import Coverage, Selection
-from .spatial_reference import geographic_extent
-from .tile_composer import Action, BundleComposer, PixelOptions
-from .tile_image import DEFAULT_JPEG_QUALITY, TileEncoding
-from .tiling_scheme import PACKET_SIZE, StorageFormat, TileRange, TilingScheme
+from .export.bundle_job import BundleJob, BundleResult
+from .export.plan import plan_bundles
+from .export.pool import run_pool
+from .export.progress import ExportProgress
+from .export.targets import DatasetTarget, Finish, PackageTarget, Target
+from .grid.extent import Extent
+from .grid.spatial_reference import geographic_extent
+from .grid.tiling_scheme import StorageFormat, TileRange, TilingScheme
+from .pixels.composer import PixelOptions
+from .pixels.tile_image import DEFAULT_JPEG_QUALITY, TileEncoding
+from .selection.tile_selection import Selection
+from .sources.source import CacheSource
 
-CANCEL_CHECK_EVERY = 256
-WAIT_SLICE = 0.05  # seconds between checks for cancel (and event-loop turns) while waiting
 MAX_AUTO_WORKERS = 8
-# a bundle's computed tiles held before it is written (its size known, a package's bundle goes
-# straight into the zip); beyond this they are computed as they are written
-PRECOMPUTED_BYTES = 32 << 20
 
 
 @dataclass
@@ -73,35 +64,8 @@ class ExportResult:
     levels: list[LevelResult] = field(default_factory=list)
 
 
-@dataclass
-class _TaskResult:
-    level: int
-    brow: int
-    bcol: int
-    tiles: int
-    bytes: int
-    tile_range: Optional[TileRange]
-    touched: bool
-    removals: list
-
-
 def auto_workers() -> int:
     return max(2, min(MAX_AUTO_WORKERS, os.cpu_count() or 2))
-
-
-def plan_bundles(
-    cache: CacheSource, levels: list[int], selection: Selection
-) -> list[tuple[int, int, int]]:
-    """The cache's bundles (level, row, col) that hold selected tiles, level by level."""
-    tasks = []
-    present = cache.layout.levels()
-    for level in levels:
-        if level not in present:
-            continue
-        for brow, bcol in cache.layout.bundle_keys(level, selection.window(level)):
-            if selection.bundle_coverage(level, brow, bcol) is not Coverage.NONE:
-                tasks.append((level, brow, bcol))
-    return tasks
 
 
 def _describe_extent(source: CacheSource) -> str:
@@ -166,23 +130,7 @@ class Exporter:
                 # so possibly removed
                 tasks = sorted(set(tasks).union(
                     plan_bundles(target.existing, self.levels, self.selection)))
-            results = self._run_tasks(target, tasks)
-            per_level = {level: LevelResult(level) for level in self.levels}
-            finish = Finish(self._scheme, [], Extent(0, 0, 0, 0), None)
-            extent: Optional[Extent] = None
-            ranges: dict[int, TileRange] = {}
-            for result in results:
-                summary = per_level[result.level]
-                summary.tiles += result.tiles
-                summary.bytes += result.bytes
-                summary.bundles += 1 if result.tiles else 0
-                if result.touched:
-                    finish.touched.add((result.level, result.brow, result.bcol))
-                finish.deferred_removals.extend(result.removals)
-                if result.tile_range is not None:
-                    ranges[result.level] = result.tile_range.union(ranges.get(result.level))
-                    tile_extent = self.source.scheme.range_extent(result.level, result.tile_range)
-                    extent = tile_extent.union(extent)
+            per_level, finish, extent, ranges = self._summarise(self._run_tasks(target, tasks))
             total = sum(s.tiles for s in per_level.values())
             if total == 0 and target.existing is None:
                 raise CacheError(
@@ -190,12 +138,7 @@ class Exporter:
                     f"chosen levels ({_levels_text(self.levels)}); nothing was written."
                     + _describe_extent(self.source)
                 )
-            finish.levels = [s.level for s in per_level.values() if s.tiles]
-            finish.extent = self._data_extent(extent)
-            finish.geographic_extent = self.options.geographic_extent or geographic_extent(
-                finish.extent, self.source.scheme.spatial_reference
-            )
-            finish.ranges = ranges
+            self._describe(finish, per_level, extent, ranges)
             if self._is_canceled():
                 raise ExportCanceled("The export was canceled; the target was left unchanged.")
             target.finish(finish)
@@ -209,6 +152,40 @@ class Exporter:
             seconds=time.monotonic() - started,
             levels=[per_level[level] for level in self.levels],
         )
+
+    def _summarise(self, results: list[BundleResult]
+                   ) -> tuple[dict[int, LevelResult], Finish, Optional[Extent],
+                              dict[int, TileRange]]:
+        """Per level: tiles, bytes and bundles; for the target: the bundles written (or
+        dropped) and the files to remove; the exported tiles' extent and ranges."""
+        per_level = {level: LevelResult(level) for level in self.levels}
+        finish = Finish(self._scheme, [], Extent(0, 0, 0, 0), None)
+        extent: Optional[Extent] = None
+        ranges: dict[int, TileRange] = {}
+        for result in results:
+            summary = per_level[result.level]
+            summary.tiles += result.tiles
+            summary.bytes += result.bytes
+            summary.bundles += 1 if result.tiles else 0
+            if result.touched:
+                finish.touched.add((result.level, result.brow, result.bcol))
+            finish.deferred_removals.extend(result.removals)
+            if result.tile_range is not None:
+                ranges[result.level] = result.tile_range.union(ranges.get(result.level))
+                tile_extent = self.source.scheme.range_extent(result.level, result.tile_range)
+                extent = tile_extent.union(extent)
+        return per_level, finish, extent, ranges
+
+    def _describe(self, finish: Finish, per_level: dict[int, LevelResult],
+                  extent: Optional[Extent], ranges: dict[int, TileRange]) -> None:
+        """What the target writes beside the tiles: levels, extents and, for a package's
+        thumbnail (drawn by the target from the tiles as written), the exported ranges."""
+        finish.levels = [s.level for s in per_level.values() if s.tiles]
+        finish.extent = self._data_extent(extent)
+        finish.geographic_extent = self.options.geographic_extent or geographic_extent(
+            finish.extent, self.source.scheme.spatial_reference
+        )
+        finish.ranges = ranges
 
     def _output_scheme(self, target: Target) -> TilingScheme:
         """The source's scheme with the tile format and quality the written tiles have."""
@@ -237,256 +214,46 @@ class Exporter:
                 extent = extent.intersection(limit) or extent
         return extent
 
-    def _run_tasks(self, target: Target, tasks: list[tuple[int, int, int]]) -> list[_TaskResult]:
+    def _run_tasks(self, target: Target, tasks: list[tuple[int, int, int]]
+                   ) -> list[BundleResult]:
+        job = BundleJob(self.source.layout, target, self.selection, self._pixels,
+                        self.options.storage, self.options.package, self.options.overwrite,
+                        self._stop)
         workers = self.options.workers if self.options.workers > 0 else auto_workers()
-        results: list[_TaskResult] = []
-        pending: set[Future] = set()
-        queue = iter(tasks)
+        layout = self.source.layout
+        results: list[BundleResult] = []
         tracker = ExportProgress(tasks, self._expected)
-        received_before = self.source.layout.tiles_received()
+        received_before = layout.tiles_received()
         tiles_done: Counter = Counter()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="export") as pool:
-            try:
-                while True:
-                    while len(pending) < workers * 2:
-                        task = next(queue, None)
-                        if task is None:
-                            break
-                        pending.add(pool.submit(self._run_bundle, target, *task))
-                    if not pending:
-                        break
-                    done, pending = wait(pending, timeout=WAIT_SLICE, return_when=FIRST_COMPLETED)
-                    self.source.layout.idle()
-                    for future in done:
-                        result = future.result()
-                        results.append(result)
-                        if result.touched:
-                            target.bundle_done(result.level, result.brow, result.bcol)
-                        tiles_done[result.level] += result.tiles
-                        line = tracker.bundle_done(result.level, result.tiles)
-                        if line:
-                            self._report(line)
-                    if self._is_canceled():
-                        raise ExportCanceled(
-                            "The export was canceled; the target was left unchanged."
-                        )
-                    received = self.source.layout.tiles_received()
-                    tracker.set_in_flight({
-                        level: count - received_before.get(level, 0) - tiles_done[level]
-                        for level, count in received.items()})
-                    self._progress(tracker.fraction())
-                    line = tracker.report()
-                    if line:
-                        self._report(line)
-            except BaseException:
-                self._stop.set()
-                self.source.layout.cancel()
-                for future in pending:
-                    future.cancel()
-                raise
+
+        def on_result(result: BundleResult) -> None:
+            results.append(result)
+            if result.touched:
+                target.bundle_done(result.level, result.brow, result.bcol)
+            tiles_done[result.level] += result.tiles
+            line = tracker.bundle_done(result.level, result.tiles)
+            if line:
+                self._report(line)
+
+        def tick() -> None:
+            if self._is_canceled():
+                raise ExportCanceled("The export was canceled; the target was left unchanged.")
+            received = layout.tiles_received()
+            tracker.set_in_flight({
+                level: count - received_before.get(level, 0) - tiles_done[level]
+                for level, count in received.items()})
+            self._progress(tracker.fraction())
+            line = tracker.report()
+            if line:
+                self._report(line)
+
+        def on_failure() -> None:
+            self._stop.set()
+            layout.cancel()
+
+        run_pool(lambda task: job.run(*task), tasks, workers, on_result, layout.idle, tick,
+                 on_failure)
         return results
-
-    def _check_stop(self) -> None:
-        if self._stop.is_set():
-            raise ExportCanceled("The export was stopped.")
-
-    def _run_bundle(self, target: Target, level: int, brow: int, bcol: int) -> _TaskResult:
-        self._check_stop()
-        wanted = self.selection.tile_filter(level, brow, bcol)
-        source = self.source.layout.open_bundle(level, brow, bcol, wanted)
-        old = None
-        if target.existing is not None:
-            old = target.existing.layout.open_bundle(level, brow, bcol)
-        try:
-            return self._copy_bundle(target, level, brow, bcol, source, old, wanted)
-        finally:
-            for reader in (source, old):
-                if reader is not None:
-                    reader.close()
-
-    def _copy_bundle(self, target, level, brow, bcol, source, old, wanted) -> _TaskResult:
-        clipper = self.selection.clipper(level, brow, bcol)
-        if BundleComposer.needed(self._pixels, clipper, old is not None):
-            composer = BundleComposer(self._pixels, source, old, clipper, wanted)
-            return self._compose_bundle(target, level, brow, bcol, composer)
-        exported = [key for key in source.present() if wanted(*key)] if source else []
-        exported_set = set(exported)
-        kept, removed = [], []
-        for key in old.present() if old else []:
-            if key in exported_set:
-                continue
-            if wanted(*key) and self.options.overwrite:
-                removed.append(key)
-            else:
-                kept.append(key)
-        result = _TaskResult(level, brow, bcol, len(exported), 0, None, False, [])
-        if not exported and not removed:
-            return result
-        result.tile_range = _bounds(exported)
-        if self.options.storage is StorageFormat.EXPLODED:
-            tiles = [(row, col, source) for row, col in exported]
-        else:  # a bundle is rewritten whole: the kept tiles of the old one go in as well
-            carry = set(kept)
-            tiles = [(row, col, old if (row, col) in carry else source)
-                     for row, col in sorted(exported_set.union(kept))]
-            if not tiles and self.options.package:
-                result.touched = True  # every tile removed: the package gets no such bundle
-                return result
-        sizes = None  # known from the bundle indexes, before any tile is read
-        if all(hasattr(reader, "locate") for _, _, reader in tiles):
-            sizes = [reader.locate(row, col)[1] for row, col, reader in tiles]
-        writer = target.writer(level, brow, bcol, sum(sizes) + 4 * len(sizes) if sizes else None)
-        with _writing(writer, result):
-            if isinstance(writer, ExplodedBlockWriter):
-                for key in removed:
-                    writer.remove(*key)
-            result.bytes = self._copy(tiles, sizes, writer, source)
-            writer.commit()
-        return result
-
-    def _compose_bundle(self, target, level, brow, bcol, composer: BundleComposer
-                        ) -> _TaskResult:
-        """A bundle with pixel work: every tile planned at once, computed tiles done first
-        while they are few (so the bundle's size is known), then the bundle written in order,
-        runs of copied tiles as record runs."""
-        source, old = composer.source, composer.existing
-        actions = composer.plan((brow, bcol), source.present() if source else [],
-                                old.present() if old else []).ravel()
-        result = _TaskResult(level, brow, bcol, 0, 0, None, False, [])
-        exploded = self.options.storage is StorageFormat.EXPLODED
-        if exploded:  # tile files are written one by one: kept ones are left alone
-            actions[actions == Action.COPY_EXISTING] = Action.NOTHING
-        slots = np.flatnonzero(actions != Action.NOTHING)
-        codes = actions[slots]
-        if (codes == Action.COPY_EXISTING).all():
-            return result
-        segments = _segments(brow, bcol, slots, codes, {
-            Action.COPY_EXPORTED: source, Action.COPY_EXISTING: old})
-        computed = composer.precompute(
-            [key for action, keys, _ in segments if action is Action.COMPUTE for key in keys],
-            PRECOMPUTED_BYTES, self._check_stop)
-        payload = None if exploded else _payload(segments, computed)
-        if payload == 0 and self.options.package:
-            result.touched = True  # every tile removed: the package gets no such bundle
-            return result
-        writer = target.writer(level, brow, bcol, payload)
-        written: list[tuple[int, int]] = []
-        with _writing(writer, result):
-            for action, keys, sizes in segments:
-                self._check_stop()
-                if action in (Action.COPY_EXPORTED, Action.COPY_EXISTING):
-                    reader = source if action is Action.COPY_EXPORTED else old
-                    tiles = [(row, col, reader) for row, col in keys]
-                    result.bytes += self._copy(tiles, sizes, writer, source)
-                    if reader is source:
-                        written.extend(keys)
-                    continue
-                for number, (row, col) in enumerate(keys):
-                    if number % CANCEL_CHECK_EVERY == 0:
-                        self._check_stop()
-                    data, from_source = None, False
-                    if action is Action.COMPUTE:
-                        data, from_source = (computed.pop((row, col), None)
-                                             or composer.compute(row, col))
-                    if data is None:
-                        if exploded:
-                            writer.remove(row, col)
-                        continue
-                    writer.add(row, col, data)
-                    if from_source:
-                        written.append((row, col))
-                        result.bytes += len(data)
-            if not exploded and writer.count == 0 and self.options.package:
-                writer.abort()  # every tile removed: the package gets no such bundle
-            else:
-                writer.commit()
-        result.tiles = len(written)
-        result.tile_range = _bounds(written)
-        return result
-
-    def _copy(self, tiles: list, sizes: Optional[list[int]], writer, source) -> int:
-        """(row, col, reader) tiles copied in order: as record runs where their `sizes` are
-        known from the indexes and the writer takes records, else one by one; returns the
-        bytes taken from `source`."""
-        if sizes is None or not hasattr(writer, "add_records"):
-            return self._copy_tiles(tiles, writer, source)
-        self._copy_runs(tiles, writer)
-        return sum(size for (_, _, reader), size in zip(tiles, sizes) if reader is source)
-
-    def _copy_runs(self, tiles: list, writer) -> None:
-        """Compact to compact: (row, col, reader) tiles copied as record runs, in order."""
-        for start in range(0, len(tiles), CANCEL_CHECK_EVERY):
-            self._check_stop()
-            copy_records(tiles[start : start + CANCEL_CHECK_EVERY], writer)
-
-    def _copy_tiles(self, tiles: list, writer, source) -> int:
-        """Tile by tile (exploded on either side); returns the bytes taken from `source`."""
-        exported = 0
-        for number, (row, col, reader) in enumerate(tiles):
-            if number % CANCEL_CHECK_EVERY == 0:
-                self._check_stop()
-            data = reader.read(row, col)
-            exported += len(data) if reader is source else 0
-            writer.add(row, col, data)
-        return exported
-
-
-@contextmanager
-def _writing(writer, result: _TaskResult):
-    """A bundle written through `writer`: aborted on any error, else recorded in `result`."""
-    try:
-        yield writer
-    except BaseException:
-        writer.abort()
-        raise
-    result.touched = True
-    result.removals = getattr(writer, "deferred_removals", [])
-
-
-Segment = tuple[Action, list[tuple[int, int]], Optional[list[int]]]
-
-
-def _segments(brow: int, bcol: int, slots: np.ndarray, codes: np.ndarray, readers: dict
-              ) -> list[Segment]:
-    """The planned tiles in writing order, cut where the action changes: (action, tiles,
-    their sizes when copied from a reader that knows them from its index)."""
-    cuts = [0, *(np.flatnonzero(np.diff(codes)) + 1).tolist(), len(codes)]
-    segments = []
-    for start, end in zip(cuts, cuts[1:]):
-        action = Action(int(codes[start]))
-        rows, cols = np.divmod(slots[start:end], PACKET_SIZE)
-        keys = list(zip((rows + brow).tolist(), (cols + bcol).tolist()))
-        reader = readers.get(action)
-        sizes = None
-        if reader is not None and hasattr(reader, "locate"):
-            sizes = [reader.locate(row, col)[1] for row, col in keys]
-        segments.append((action, keys, sizes))
-    return segments
-
-
-def _payload(segments: list[Segment], computed: dict) -> Optional[int]:
-    """Bytes of a compact bundle's records (size prefixes included) when every tile's size is
-    known before writing: copied tiles from their index, computed ones already done."""
-    total = 0
-    for action, keys, sizes in segments:
-        if action is Action.COMPUTE:
-            if any(key not in computed for key in keys):
-                return None
-            done = [computed[key][0] for key in keys]
-            total += sum(4 + len(data) for data in done if data is not None)
-        elif action is not Action.REMOVE:
-            if sizes is None:
-                return None
-            total += 4 * len(sizes) + sum(sizes)
-    return total
-
-
-def _bounds(keys: list[tuple[int, int]]) -> Optional[TileRange]:
-    if not keys:
-        return None
-    rows = [row for row, _ in keys]
-    cols = [col for _, col in keys]
-    return TileRange(min(rows), max(rows), min(cols), max(cols))
 
 
 def _levels_text(levels: list[int]) -> str:

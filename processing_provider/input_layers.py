@@ -13,7 +13,8 @@ from qgis.core import (
 )
 
 from ..core.errors import CacheError
-from ..core.service_url import parse_service_url
+from ..core.sources.service_url import parse_service_url
+from .translation import tr
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,9 @@ class ResolvedInput:
 def resolve_input(text: str, context) -> ResolvedInput:
     """A path or URL as typed, or the service/file behind a project layer (id or name)."""
     if not text:
-        raise QgsProcessingException(
+        raise QgsProcessingException(tr(
             "INPUT_SERVICE is empty: give a cache folder, a .tpk/.tpkx, a MapServer or "
-            "ImageServer URL, or a tiled layer of the project.")
+            "ImageServer URL, or a tiled layer of the project."))
     if "://" in text or "/" in text or "\\\\" in text:
         return ResolvedInput(text)
     layer = QgsProcessingUtils.mapLayerFromString(text, context, False)
@@ -48,22 +49,23 @@ def _from_layer(layer: QgsRasterLayer) -> ResolvedInput:
         if parts.get("type") == "xyz":
             return ResolvedInput(_service(parts.get("url", ""), layer),
                                  parts.get("authcfg", "") or "")
-        raise QgsProcessingException(
-            f"The layer {layer.name()!r} is a WMS/WMTS layer: only ArcGIS MapServer layers, "
-            "XYZ layers of ArcGIS tile services and Esri cache files can be exported.")
+        raise QgsProcessingException(tr(
+            "The layer {!r} is a WMS/WMTS layer: only ArcGIS MapServer layers, XYZ layers of "
+            "ArcGIS tile services and Esri cache files can be exported.").format(layer.name()))
     if provider == "gdal":
         path = QgsProviderRegistry.instance().decodeUri("gdal", source).get("path", source)
         return ResolvedInput(path)
-    raise QgsProcessingException(
-        f"The layer {layer.name()!r} ({provider}) is not an ArcGIS tile service or Esri cache.")
+    raise QgsProcessingException(tr(
+        "The layer {!r} ({}) is not an ArcGIS tile service or Esri cache.").format(
+        layer.name(), provider))
 
 
 def _service(url: str, layer: QgsRasterLayer) -> str:
     try:
         parse_service_url(url)
     except CacheError:
-        raise QgsProcessingException(
-            f"The layer {layer.name()!r} does not come from an ArcGIS REST tile service (its "
-            "URL has no …/MapServer or …/ImageServer, e.g. an XYZ URL ending in "
-            "/MapServer/tile/{z}/{y}/{x}), so its tiles cannot be exported.") from None
+        raise QgsProcessingException(tr(
+            "The layer {!r} does not come from an ArcGIS REST tile service (its URL has no "
+            "…/MapServer or …/ImageServer, e.g. an XYZ URL ending in /MapServer/tile/{{z}}/"
+            "{{y}}/{{x}}), so its tiles cannot be exported.").format(layer.name())) from None
     return url

@@ -10,8 +10,9 @@ from typing import Optional
 
 from qgis.core import QgsProcessingContext, QgsProject
 
-from ..core.cache_source import CacheSource
-from ..core.level_table import LevelRow, level_rows
+from ..core.selection.level_table import LevelRow, level_rows
+from ..core.sources.source import CacheSource
+from .export_parameters import ExportParameters
 from .input_layers import resolve_input
 from .qgis_network import QgisTransport
 
@@ -27,24 +28,26 @@ class LevelSource:
     def open(cls, algorithm, parameters: dict) -> LevelSource:
         context = _context()
         resolved = resolve_input(str(parameters.get("INPUT_SERVICE") or "").strip(), context)
-        return cls(*algorithm.open_input(resolved, parameters, context, LIST_WORKERS))
+        return cls(*ExportParameters(algorithm, parameters, context).open_input(
+            resolved, LIST_WORKERS))
 
     @property
     def present_levels(self) -> set[int]:
-        if self.source.service is not None:
-            info = self.source.service
+        if self.source.is_service:
+            info = self.source.info
             return set(range(info.min_level, info.max_level + 1))
         return set(self.source.layout.levels())
 
     def describe(self) -> str:
         scheme = self.source.scheme
-        kind = "Service" if self.source.service else scheme.storage_format.label
+        kind = "Service" if self.source.is_service else scheme.storage_format.label
         return (f"{kind}, {scheme.tile_format}, {scheme.tile_cols}x{scheme.tile_rows} px, "
                 f"{scheme.spatial_reference.describe()}.")
 
     def rows(self, algorithm, parameters: dict, feedback) -> list[LevelRow]:
         scheme = self.source.scheme
-        selection = algorithm.selection(parameters, _context(), feedback, scheme)
+        selection = ExportParameters(algorithm, parameters, _context()).selection(feedback,
+                                                                            scheme)
         return level_rows(scheme, self.source.data_extent, selection)
 
     def close(self) -> None:

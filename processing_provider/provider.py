@@ -1,12 +1,9 @@
 """Processing provider `mapservercache`."""
-from pathlib import Path
-
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .export_algorithm import ExportMapServerCacheAlgorithm
-
-ICON = Path(__file__).resolve().parent.parent / "icon.png"
+from .plugin_icon import plugin_icon
 
 
 class MapServerCacheProvider(QgsProcessingProvider):
@@ -20,7 +17,7 @@ class MapServerCacheProvider(QgsProcessingProvider):
         return "Export Map Server Cache"
 
     def icon(self) -> QIcon:
-        return QIcon(str(ICON))
+        return plugin_icon()
 
     def loadAlgorithms(self) -> None:
         self.addAlgorithm(ExportMapServerCacheAlgorithm())

@@ -31,7 +31,7 @@ from qgis.PyQt.QtCore import (
 )
 from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
 
-from ..core.http_client import HttpResponse
+from ..core.sources.http_client import HttpResponse
 
 
 def _prepare_manager() -> None:

@@ -16,10 +16,11 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from ..core.aoi_geometry import lonlat_in_world
-from ..core.geometry import Extent
-from ..core.spatial_reference import SpatialReference
+from ..core.grid.extent import Extent
+from ..core.grid.spatial_reference import SpatialReference
+from ..core.selection.aoi import lonlat_in_world
 from ..qgis_compat import POLYGON_GEOMETRY
+from .translation import tr
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 
@@ -39,11 +40,10 @@ def cache_crs(sr: SpatialReference) -> QgsCoordinateReferenceSystem:
         crs = QgsCoordinateReferenceSystem.fromWkt(sr.wkt)
         if crs.isValid():
             return crs
-    raise QgsProcessingException(
-        f"The cache's coordinate system ({sr.describe()}) is not known to QGIS, so an extent or "
-        "area of interest cannot be converted into it. Export without EXPORT_EXTENT and "
-        "AREA_OF_INTEREST, or fix the cache's WKT."
-    )
+    raise QgsProcessingException(tr(
+        "The cache's coordinate system ({}) is not known to QGIS, so an extent or area of "
+        "interest cannot be converted into it. Export without EXPORT_EXTENT and "
+        "AREA_OF_INTEREST, or fix the cache's WKT.").format(sr.describe()))
 
 
 def to_extent(rect: QgsRectangle) -> Extent:
@@ -60,10 +60,9 @@ def aoi_wkb(source: QgsProcessingFeatureSource, crs: QgsCoordinateReferenceSyste
     own and turn such a polygon inside out).
     """
     if QgsWkbTypes.geometryType(source.wkbType()) != POLYGON_GEOMETRY:
-        raise QgsProcessingException(
-            "AREA_OF_INTEREST must be a polygon layer; the layer given has "
-            f"{QgsWkbTypes.displayString(source.wkbType())} geometries."
-        )
+        raise QgsProcessingException(tr(
+            "AREA_OF_INTEREST must be a polygon layer; the layer given has {} geometries.")
+            .format(QgsWkbTypes.displayString(source.wkbType())))
     via_lonlat = world and source.sourceCrs() != crs
     request = QgsFeatureRequest().setDestinationCrs(
         WGS84 if via_lonlat else crs, context.transformContext())
@@ -82,14 +81,14 @@ def aoi_wkb(source: QgsProcessingFeatureSource, crs: QgsCoordinateReferenceSyste
             if not geometry.isEmpty():
                 parts.append(geometry)
     except QgsCsException as exc:
-        raise QgsProcessingException(
-            f"The area of interest cannot be transformed into the cache's CRS ({exc})."
-        ) from exc
+        raise QgsProcessingException(tr(
+            "The area of interest cannot be transformed into the cache's CRS ({}).").format(
+            exc)) from exc
     if not parts:
-        raise QgsProcessingException("AREA_OF_INTEREST has no polygon to export.")
+        raise QgsProcessingException(tr("AREA_OF_INTEREST has no polygon to export."))
     union = QgsGeometry.unaryUnion(parts)
     if union.isNull() or union.isEmpty():
-        raise QgsProcessingException("AREA_OF_INTEREST has no polygon area to export.")
+        raise QgsProcessingException(tr("AREA_OF_INTEREST has no polygon area to export."))
     return bytes(union.asWkb())
 
 

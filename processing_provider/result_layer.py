@@ -11,8 +11,9 @@ from typing import Optional
 from osgeo import gdal
 from qgis.core import QgsProcessingContext, QgsRasterLayer
 
-from ..core.conf_xml import parse_conf_xml
-from ..core.tiling_scheme import StorageFormat
+from ..core.formats.conf_xml import parse_conf_xml
+from ..core.grid.tiling_scheme import StorageFormat
+from .translation import tr
 
 GDAL_TPKX = 3080000  # the first GDAL release whose ESRIC driver opens .tpkx
 
@@ -25,15 +26,16 @@ def viewable_path(output: Path, storage: StorageFormat, package: bool,
     if storage is StorageFormat.COMPACT_V2 and int(gdal.VersionInfo()) >= GDAL_TPKX:
         return output
     if package and storage is StorageFormat.COMPACT_V2:
-        feedback.pushWarning(
-            f"The .tpkx cannot be shown in this QGIS: its GDAL {gdal.__version__} reads tile "
-            "packages from version 3.8 on. Export a COMPACT_V2 CACHE_DATASET to view the "
-            "tiles in QGIS; the .tpkx opens in ArcGIS Pro, ArcGIS Field Maps and Runtime apps.")
+        feedback.pushWarning(tr(
+            "The .tpkx cannot be shown in this QGIS: its GDAL {} reads tile packages from "
+            "version 3.8 on. Export a COMPACT_V2 CACHE_DATASET to view the tiles in QGIS; the "
+            ".tpkx opens in ArcGIS Pro, ArcGIS Field Maps and Runtime apps.").format(
+            gdal.__version__))
     else:
-        feedback.pushInfo(
-            f"The {'tile package' if package else storage.label + ' cache'} is not added to "
-            "the map: QGIS (GDAL) reads only Compact V2 caches. Export a COMPACT_V2 "
-            "CACHE_DATASET to view the tiles in QGIS.")
+        what = tr("tile package") if package else tr("{} cache").format(storage.label)
+        feedback.pushInfo(tr(
+            "The {} is not added to the map: QGIS (GDAL) reads only Compact V2 caches. Export "
+            "a COMPACT_V2 CACHE_DATASET to view the tiles in QGIS.").format(what))
     return None
 
 
@@ -46,16 +48,16 @@ def _readable(conf: Path, feedback) -> Optional[Path]:
     except RuntimeError:  # gdal.UseExceptions() is process-wide: another plugin may have set it
         dataset = None
     if dataset is None:
-        feedback.pushWarning(f"GDAL {gdal.__version__} cannot open {conf}; it is not added to "
-                             "the map.")
+        feedback.pushWarning(tr("GDAL {} cannot open {}; it is not added to the map.").format(
+            gdal.__version__, conf))
         return None
     block = dataset.GetRasterBand(1).GetBlockSize()[0]
     tile = parse_conf_xml(conf.read_bytes(), str(conf)).tile_cols
     dataset = None
     if block != tile:
-        feedback.pushWarning(
-            f"The cache has {tile} px tiles, which GDAL {gdal.__version__} misreads (it would "
-            "crash QGIS), so it is not added to the map. Newer GDAL releases read it.")
+        feedback.pushWarning(tr(
+            "The cache has {} px tiles, which GDAL {} misreads (it would crash QGIS), so it is "
+            "not added to the map. Newer GDAL releases read it.").format(tile, gdal.__version__))
         return None
     return conf
 
@@ -65,7 +67,8 @@ def add_result_layer(path: Path, context: QgsProcessingContext, feedback,
     name = path.parent.parent.name if path.name == "conf.xml" else path.stem
     layer = QgsRasterLayer(str(path), name, "gdal")
     if not layer.isValid():
-        feedback.pushWarning(f"GDAL could not open {path}, so it is not added to the map.")
+        feedback.pushWarning(tr("GDAL could not open {}, so it is not added to the map.")
+                             .format(path))
         return
     context.temporaryLayerStore().addMapLayer(layer)
     context.addLayerToLoadOnCompletion(layer.id(), QgsProcessingContext.LayerDetails(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingParameterString, QgsProcessingUtils
 
-from ..core.service_url import MASK, redacted
+from ..core.sources.service_url import MASK, redacted
 
 ENV_PREFIX = "env:"  # TOKEN=env:NAME names an environment variable: no secret in it
 

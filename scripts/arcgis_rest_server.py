@@ -41,7 +41,7 @@ SERVICES_PATH = "/arcgis/rest/services"
 SERVICE_TYPES = ("MapServer", "ImageServer")
 CURRENT_VERSION = 10.91
 FAULTS = ("500", "503", "429", "json200", "html", "truncated", "short", "hang", "notimage")
-# How a tilemap window is answered (spec §7.3 leaves room): the whole window; clipped to the
+# How a tilemap window is answered (esri-formats §7.3 leaves room): the whole window; clipped to the
 # top-left tile's bundle (the spec), to a smaller block (`tilemap_block`), or to the level's grid.
 TILEMAP_CLIPS = ("window", "bundle", "block", "grid")
 # When a tilemap answers 422: only for a window with no tile at all; also when the answered
@@ -72,11 +72,11 @@ def _core_module(name: str) -> ModuleType:
     return importlib.import_module(f"{PACKAGE}.core.{name}")
 
 
-cache_source = _core_module("cache_source")
-package_metadata = _core_module("package_metadata")
+local_cache = _core_module("sources.local_cache")
+package_metadata = _core_module("formats.package_metadata")
 errors = _core_module("errors")
-tiling_scheme = _core_module("tiling_scheme")
-PACKET = tiling_scheme.PACKET_SIZE  # tiles per bundle side (spec §0)
+tiling_scheme = _core_module("grid.tiling_scheme")
+PACKET = tiling_scheme.PACKET_SIZE  # tiles per bundle side (esri-formats §0)
 
 
 @dataclass
@@ -216,7 +216,7 @@ class _Service:
         self.blank = b""
 
     def open(self) -> None:
-        source = cache_source.open_cache(self.path)
+        source = local_cache.open_cache(self.path)
         with self._lock:
             self.source = source
             scheme = source.scheme
@@ -326,7 +326,7 @@ class _Service:
         return None
 
     def description(self, options: ServerOptions) -> dict:
-        """The service JSON (spec §7.1) before `json_overrides`."""
+        """The service JSON (esri-formats §7.1) before `json_overrides`."""
         scheme = self.source.scheme
         sr = scheme.spatial_reference.to_json()
         capabilities = "Map,Query,Data,TilesOnly" if self.kind == "MapServer" else (
@@ -910,7 +910,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _cache_name(path: str) -> str:
-    source = cache_source.open_cache(path)
+    source = local_cache.open_cache(path)
     source.close()
     return source.name
 

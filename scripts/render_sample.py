@@ -34,7 +34,7 @@ MAX_LEVEL = 5
 BLOCK_TILES = 8  # 8 x 8 tiles = 2048 px blocks; level 5 (8192 px) becomes 16 blocks
 MARGIN = 32  # px rendered around each block so strokes at block edges match their neighbours
 
-# ArcGIS Online / Bing / Google Web Mercator LODs (spec §8.3): level, resolution, scale.
+# ArcGIS Online / Bing / Google Web Mercator LODs (esri-formats §8.3): level, resolution, scale.
 ESRI_LODS = (
     (0, 156543.03392800014, 591657527.591555),
     (1, 78271.51696399994, 295828763.795777),
@@ -76,15 +76,10 @@ def _import_engine():
         plugins.mkdir(parents=True, exist_ok=True)
         link.symlink_to(REPO, target_is_directory=True)
     sys.path.insert(0, str(plugins))
-    from export_map_server_cache.core import (
-        cache_storage,
-        conf_xml,
-        geometry,
-        spatial_reference,
-        tiling_scheme,
-    )
+    from export_map_server_cache.core.formats import conf_xml, storage_formats
+    from export_map_server_cache.core.grid import extent, spatial_reference, tiling_scheme
 
-    return cache_storage, conf_xml, geometry, spatial_reference, tiling_scheme
+    return storage_formats, conf_xml, extent, spatial_reference, tiling_scheme
 
 
 def build_scheme(tiling_scheme, spatial_reference):
@@ -186,7 +181,7 @@ def encode_png(tile) -> bytes:
 
     The palette reduction keeps the flat map colours and roughly halves the size; the tile is
     stored as RGB rather than paletted (PNG8) because GDAL before 3.8 - the GDAL QGIS 3.22 ships
-    with here (3.6) - returns a paletted tile's raw indices as grey levels (spec §4.2).
+    with here (3.6) - returns a paletted tile's raw indices as grey levels (esri-formats §4.2).
     """
     out = io.BytesIO()
     tile.quantize(colors=64, method=0, dither=0).convert("RGB").save(out, "PNG", optimize=True)
@@ -195,7 +190,7 @@ def encode_png(tile) -> bytes:
 
 def render_cache(out_dir: Path) -> None:
     """Render levels 0-MAX_LEVEL and write the Compact V2 dataset (QGIS must be initialised)."""
-    cache_storage, conf_xml, geometry, spatial_reference, tiling_scheme = _import_engine()
+    storage_formats, conf_xml, extent, spatial_reference, tiling_scheme = _import_engine()
     from qgis.core import QgsCoordinateReferenceSystem
 
     scheme = build_scheme(tiling_scheme, spatial_reference)
@@ -211,7 +206,7 @@ def render_cache(out_dir: Path) -> None:
         res = scheme.lod(level).resolution
         side = 2**level
         # Levels 0-5 fit in the one bundle R0000C0000 (128 x 128 tiles).
-        writer = cache_storage.open_writer(scheme.storage_format, alllayers, level, 0, 0, "spec")
+        writer = storage_formats.open_writer(scheme.storage_format, alllayers, level, 0, 0, "spec")
         level_bytes = 0
         step = min(side, BLOCK_TILES)
         for brow in range(0, side, step):
@@ -229,12 +224,12 @@ def render_cache(out_dir: Path) -> None:
         total_tiles += side * side
         total_bytes += level_bytes
         print(f"level {level}: {side * side} tiles, {level_bytes} bytes", flush=True)
-    # GDAL (3.6) cannot open a Web Mercator conf.xml listing level 23 (spec §4.2/§9), so
+    # GDAL (3.6) cannot open a Web Mercator conf.xml listing level 23 (esri-formats §4.2/§9), so
     # conf.xml lists the LODs GDAL can read (0-22) exactly as the engine's own writer does.
     (layers_dir / "conf.xml").write_bytes(
         conf_xml.write_conf_xml(scheme, scheme.gdal_readable_lods())
     )
-    world = geometry.Extent(-ORIGIN, -ORIGIN, ORIGIN, ORIGIN)
+    world = extent.Extent(-ORIGIN, -ORIGIN, ORIGIN, ORIGIN)
     (layers_dir / "conf.cdi").write_bytes(conf_xml.write_conf_cdi(world, scheme.spatial_reference))
     print(f"{total_tiles} tiles, {total_bytes} bytes in {time.monotonic() - started:.1f} s "
           f"-> {layers_dir}")

@@ -12,11 +12,11 @@ from typing import Optional
 
 from PIL import Image, ImageDraw
 
-from export_map_server_cache.core.cache_storage import open_writer
-from export_map_server_cache.core.conf_xml import write_conf_cdi, write_conf_xml
-from export_map_server_cache.core.geometry import Extent
-from export_map_server_cache.core.spatial_reference import SpatialReference
-from export_map_server_cache.core.tiling_scheme import (
+from export_map_server_cache.core.formats.conf_xml import write_conf_cdi, write_conf_xml
+from export_map_server_cache.core.formats.storage_formats import open_writer
+from export_map_server_cache.core.grid.extent import Extent
+from export_map_server_cache.core.grid.spatial_reference import SpatialReference
+from export_map_server_cache.core.grid.tiling_scheme import (
     PACKET_SIZE,
     Lod,
     StorageFormat,
@@ -101,7 +101,7 @@ def write_cache(
 
 def read_all_tiles(path) -> dict[tuple[int, int, int], bytes]:
     """Every tile of a cache through the engine's reader: {(level, row, col): bytes}."""
-    from export_map_server_cache.core.cache_source import open_cache
+    from export_map_server_cache.core.sources.local_cache import open_cache
 
     source = open_cache(str(path))
     tiles = {}

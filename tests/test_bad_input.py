@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from cache_factory import snapshot, tile_image, web_mercator_scheme, write_cache  # noqa: E402
 
-from export_map_server_cache.core.tiling_scheme import StorageFormat, TileRange  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import StorageFormat, TileRange  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("plugin_provider")
 

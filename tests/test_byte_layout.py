@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from cache_factory import web_mercator_scheme, write_cache  # noqa: E402
 
-from export_map_server_cache.core.cache_source import open_cache  # noqa: E402
 from export_map_server_cache.core.exporter import Exporter, ExportOptions  # noqa: E402
-from export_map_server_cache.core.selection import Selection  # noqa: E402
-from export_map_server_cache.core.tiling_scheme import StorageFormat, TileRange  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import StorageFormat, TileRange  # noqa: E402
+from export_map_server_cache.core.selection.tile_selection import Selection  # noqa: E402
+from export_map_server_cache.core.sources.local_cache import open_cache  # noqa: E402
 
 PACKET = 128
 SLOTS = PACKET * PACKET

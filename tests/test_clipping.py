@@ -37,7 +37,7 @@ from cache_factory import (  # noqa: E402
 from independent_readers import gdal_tile, v2_folder_tiles  # noqa: E402
 from test_algorithm import KINDS, run_export  # noqa: E402
 
-from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import TileRange  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("plugin_provider")
 
@@ -625,8 +625,8 @@ class LonLatMasks:
 @pytest.fixture(scope="module")
 def wgs84_cache(tmp_path_factory) -> tuple[Path, dict[Key, bytes]]:
     """An opaque PNG WGS 84 cache covering the world at levels 1-3 (168 tiles)."""
-    from export_map_server_cache.core.spatial_reference import SpatialReference
-    from export_map_server_cache.core.tiling_scheme import Lod, StorageFormat, TilingScheme
+    from export_map_server_cache.core.grid.spatial_reference import SpatialReference
+    from export_map_server_cache.core.grid.tiling_scheme import Lod, StorageFormat, TilingScheme
 
     scheme = TilingScheme(
         spatial_reference=SpatialReference(wkid=4326).with_defaults(), origin_x=-180.0,
@@ -858,7 +858,7 @@ import sys, threading, time
 sys.path[:0] = [{plugins!r}, {tests!r}]
 from osgeo import ogr
 from cache_factory import web_mercator_scheme
-from export_map_server_cache.core.selection import PolygonSelection
+from export_map_server_cache.core.selection.tile_selection import PolygonSelection
 
 wkb = bytes(ogr.CreateGeometryFromWkt({wkt!r}).ExportToWkb())
 scheme = web_mercator_scheme(8)

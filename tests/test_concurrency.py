@@ -17,11 +17,11 @@ from independent_readers import (  # noqa: E402
     tpkx_tiles,
 )
 
-from export_map_server_cache.core.cache_source import open_cache  # noqa: E402
-from export_map_server_cache.core.conf_xml import write_conf_cdi  # noqa: E402
 from export_map_server_cache.core.exporter import Exporter, ExportOptions  # noqa: E402
-from export_map_server_cache.core.selection import Selection  # noqa: E402
-from export_map_server_cache.core.tiling_scheme import StorageFormat, TileRange  # noqa: E402
+from export_map_server_cache.core.formats.conf_xml import write_conf_cdi  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import StorageFormat, TileRange  # noqa: E402
+from export_map_server_cache.core.selection.tile_selection import Selection  # noqa: E402
+from export_map_server_cache.core.sources.local_cache import open_cache  # noqa: E402
 
 LEVEL = 10
 BUNDLES = 6  # 6 x 6 bundles at level 10, rows/cols 128..895

@@ -13,27 +13,27 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cache_factory import ORIGIN, web_mercator_scheme  # noqa: E402
 from shapely.geometry import Polygon  # noqa: E402
 
-from export_map_server_cache.core.conf_xml import (  # noqa: E402
+from export_map_server_cache.core.errors import CacheError  # noqa: E402
+from export_map_server_cache.core.formats.conf_xml import (  # noqa: E402
     parse_conf_cdi,
     parse_conf_xml,
     write_conf_cdi,
     write_conf_xml,
 )
-from export_map_server_cache.core.errors import CacheError  # noqa: E402
-from export_map_server_cache.core.geometry import Extent  # noqa: E402
-from export_map_server_cache.core.level_selection import select_levels  # noqa: E402
-from export_map_server_cache.core.package_metadata import root_json  # noqa: E402
-from export_map_server_cache.core.selection import (  # noqa: E402
+from export_map_server_cache.core.formats.package_metadata import root_json  # noqa: E402
+from export_map_server_cache.core.grid.extent import Extent  # noqa: E402
+from export_map_server_cache.core.grid.spatial_reference import (  # noqa: E402
+    SpatialReference,
+    geographic_extent,
+)
+from export_map_server_cache.core.grid.tiling_scheme import StorageFormat, TileRange  # noqa: E402
+from export_map_server_cache.core.selection.levels import select_levels  # noqa: E402
+from export_map_server_cache.core.selection.tile_selection import (  # noqa: E402
     Coverage,
     ExtentSelection,
     PolygonSelection,
 )
-from export_map_server_cache.core.service_json import scheme_from_service_json  # noqa: E402
-from export_map_server_cache.core.spatial_reference import (  # noqa: E402
-    SpatialReference,
-    geographic_extent,
-)
-from export_map_server_cache.core.tiling_scheme import StorageFormat, TileRange  # noqa: E402
+from export_map_server_cache.core.sources.service_json import scheme_from_service_json  # noqa: E402
 
 SCHEME = web_mercator_scheme(levels=24)
 

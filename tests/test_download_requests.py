@@ -21,7 +21,7 @@ from independent_readers import v2_folder_tiles  # noqa: E402
 from recording import recording_feedback  # noqa: E402
 from test_http_export import run_export  # noqa: E402
 
-from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import TileRange  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("plugin_provider")
 

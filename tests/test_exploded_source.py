@@ -17,10 +17,10 @@ from independent_readers import (  # noqa: E402
     tpkx_tiles,
 )
 
-from export_map_server_cache.core.cache_source import open_cache  # noqa: E402
 from export_map_server_cache.core.exporter import Exporter, ExportOptions  # noqa: E402
-from export_map_server_cache.core.selection import Selection  # noqa: E402
-from export_map_server_cache.core.tiling_scheme import StorageFormat, TileRange  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import StorageFormat, TileRange  # noqa: E402
+from export_map_server_cache.core.selection.tile_selection import Selection  # noqa: E402
+from export_map_server_cache.core.sources.local_cache import open_cache  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from http_helpers import rest_server_module  # noqa: E402
 from independent_readers import v2_folder_tiles  # noqa: E402
 from recording import recording_feedback  # noqa: E402
 
-from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import TileRange  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("plugin_provider")
 
@@ -62,7 +62,7 @@ def export_error(params: dict, feedback=None) -> str:
 
 
 def cache_name(path: Path) -> str:
-    from export_map_server_cache.core.cache_source import open_cache
+    from export_map_server_cache.core.sources.local_cache import open_cache
 
     source = open_cache(str(path))
     try:
@@ -184,7 +184,7 @@ def test_esri_fixtures_over_http_equal_local_export(serve, tmp_path, fixtures_di
 
 def _beyond_the_world(cache: Path) -> set[tuple[int, int, int]]:
     """The cache's tiles outside its world grid (for world schemes)."""
-    from export_map_server_cache.core.cache_source import open_cache
+    from export_map_server_cache.core.sources.local_cache import open_cache
 
     source = open_cache(str(cache))
     scheme = source.scheme

@@ -46,9 +46,9 @@ from independent_readers import (  # noqa: E402
 )
 from test_algorithm import KINDS, output_path, run_export  # noqa: E402
 
-from export_map_server_cache.core.cache_storage import open_writer  # noqa: E402
-from export_map_server_cache.core.conf_xml import write_conf_cdi, write_conf_xml  # noqa: E402
-from export_map_server_cache.core.tiling_scheme import (  # noqa: E402
+from export_map_server_cache.core.formats.conf_xml import write_conf_cdi, write_conf_xml  # noqa: E402
+from export_map_server_cache.core.formats.storage_formats import open_writer  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import (  # noqa: E402
     PACKET_SIZE,
     Lod,
     StorageFormat,

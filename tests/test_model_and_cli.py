@@ -20,7 +20,7 @@ from cache_factory import (  # noqa: E402
     write_cache,
 )
 
-from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import TileRange  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("plugin_provider")
 

@@ -12,18 +12,18 @@ from shapely import affinity
 from shapely.geometry import MultiPolygon, Point, Polygon, box
 from shapely.vectorized import contains
 
-from export_map_server_cache.core.aoi_geometry import (
-    lonlat_in_world,
-    unwrap_longitudes,
-    wrap_into_world,
-)
-from export_map_server_cache.core.clip_mask import PolygonRaster
-from export_map_server_cache.core.geometry import Extent
-from export_map_server_cache.core.tile_image import (
+from export_map_server_cache.core.grid.extent import Extent
+from export_map_server_cache.core.pixels.tile_image import (
     TileEncoding,
     may_be_transparent,
     png_color_type,
 )
+from export_map_server_cache.core.selection.aoi import (
+    lonlat_in_world,
+    unwrap_longitudes,
+    wrap_into_world,
+)
+from export_map_server_cache.core.selection.scanline_mask import PolygonRaster
 
 STAR = Polygon([(50 + 45 * np.cos(a) * (0.45 if i % 2 else 1),
                  50 + 45 * np.sin(a) * (0.45 if i % 2 else 1))
@@ -126,7 +126,7 @@ def test_jpeg_encoding_flattens_transparency_over_the_background():
 
 
 def test_progress_reports_levels_with_totals_rates_and_time_left():
-    from export_map_server_cache.core.progress import ExportProgress
+    from export_map_server_cache.core.export.progress import ExportProgress
 
     now = [0.0]
     bundles = [(3, 0, 0), (4, 0, 0), (4, 0, 128), (4, 128, 0), (4, 128, 128)]
@@ -184,11 +184,11 @@ def test_overwrite_by_extent_removes_tiles_the_input_makes_wholly_transparent(tm
     sys.path.insert(0, str(Path(__file__).parent))
     from cache_factory import read_all_tiles, web_mercator_scheme, write_cache
 
-    from export_map_server_cache.core.cache_source import open_cache
-    from export_map_server_cache.core.cache_storage import open_writer
     from export_map_server_cache.core.exporter import Exporter, ExportOptions
-    from export_map_server_cache.core.selection import Selection
-    from export_map_server_cache.core.tiling_scheme import StorageFormat, TileRange
+    from export_map_server_cache.core.formats.storage_formats import open_writer
+    from export_map_server_cache.core.grid.tiling_scheme import StorageFormat, TileRange
+    from export_map_server_cache.core.selection.tile_selection import Selection
+    from export_map_server_cache.core.sources.local_cache import open_cache
 
     scheme = web_mercator_scheme(4)
     old = write_cache(tmp_path / "old" / "c" / "Layers", scheme, {1: TileRange(0, 1, 0, 1)})

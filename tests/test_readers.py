@@ -24,8 +24,8 @@ from independent_readers import (  # noqa: E402
     v2_folder_tiles,
 )
 
-from export_map_server_cache.core.cache_source import open_cache  # noqa: E402
-from export_map_server_cache.core.tiling_scheme import StorageFormat  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import StorageFormat  # noqa: E402
+from export_map_server_cache.core.sources.local_cache import open_cache  # noqa: E402
 
 TPK = "arcmap-10.3-states_filled.tpk"
 TPKX = "arcgis-pro-wgs84.tpkx"

@@ -29,7 +29,7 @@ from test_algorithm import KINDS, output_path, overlaps  # noqa: E402
 from test_clipping import polygon, write_layer  # noqa: E402
 from test_http_export import SAMPLE  # noqa: E402
 
-from export_map_server_cache.core.tiling_scheme import TileRange  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import TileRange  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("plugin_provider")
 
@@ -163,8 +163,8 @@ def test_cancel_stops_within_a_second_and_leaves_nothing_half_written(case, canc
 def failing_requests(server, policy, level: int) -> dict[Key, list]:
     """Ask a service for every tile of `level` through QGIS networking with `policy`; return
     the server's log of each tile's requests, in order."""
-    from export_map_server_cache.core.http_client import ServiceClient, TileFailed
-    from export_map_server_cache.core.service_url import parse_service_url
+    from export_map_server_cache.core.sources.http_client import ServiceClient, TileFailed
+    from export_map_server_cache.core.sources.service_url import parse_service_url
     from export_map_server_cache.processing_provider.qgis_network import QgisTransport
 
     transport = QgisTransport(8)
@@ -192,7 +192,7 @@ def test_backoff_grows_exponentially_with_jitter_up_to_its_cap(serve):
     """README: "failures are retried with exponential backoff, jitter and `Retry-After`, at
     most 6 attempts a tile". Measured on the server: the wait before attempt k+1 is
     drawn from [c/2, c] with c = min(cap, base * 2**(k-1))."""
-    from export_map_server_cache.core.http_client import FetchPolicy
+    from export_map_server_cache.core.sources.http_client import FetchPolicy
 
     base, cap = 0.2, 0.8
     server = serve({"world": SAMPLE}, fault="500", fault_fraction=1.0, fault_attempts=1000)
@@ -217,7 +217,7 @@ def test_backoff_grows_exponentially_with_jitter_up_to_its_cap(serve):
 def test_retry_after_is_honoured_up_to_its_cap(serve):
     """A `Retry-After` longer than FetchPolicy.retry_after_cap is waited for that long only;
     a shorter backoff gives way to it."""
-    from export_map_server_cache.core.http_client import FetchPolicy
+    from export_map_server_cache.core.sources.http_client import FetchPolicy
 
     server = serve({"world": SAMPLE}, fault="429", fault_fraction=1.0, fault_attempts=1,
                    retry_after=30.0)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from cache_factory import read_all_tiles  # noqa: E402
 
-from export_map_server_cache.core.cache_source import open_cache  # noqa: E402
+from export_map_server_cache.core.sources.local_cache import open_cache  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_SCRIPT = REPO / "scripts" / "arcgis_rest_server.py"

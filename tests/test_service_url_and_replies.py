@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from export_map_server_cache.core.errors import CacheError
-from export_map_server_cache.core.http_client import (
+from export_map_server_cache.core.sources.http_client import (
     HttpResponse,
     ServiceAuthError,
     _check_tile,
@@ -12,7 +12,7 @@ from export_map_server_cache.core.http_client import (
     _retry_after,
     image_problem,
 )
-from export_map_server_cache.core.service_url import parse_service_url
+from export_map_server_cache.core.sources.service_url import parse_service_url
 
 BASE = "https://host.example/arcgis/rest/services/Folder/World_Topo/MapServer"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 20 + b"\x00\x00\x00\x00IEND\xaeB`\x82"

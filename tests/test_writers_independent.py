@@ -28,10 +28,10 @@ from independent_readers import (  # noqa: E402
     v2_folder_tiles,
 )
 
-from export_map_server_cache.core.cache_source import open_cache  # noqa: E402
 from export_map_server_cache.core.exporter import Exporter, ExportOptions  # noqa: E402
-from export_map_server_cache.core.selection import Selection  # noqa: E402
-from export_map_server_cache.core.tiling_scheme import StorageFormat, TileRange  # noqa: E402
+from export_map_server_cache.core.grid.tiling_scheme import StorageFormat, TileRange  # noqa: E402
+from export_map_server_cache.core.selection.tile_selection import Selection  # noqa: E402
+from export_map_server_cache.core.sources.local_cache import open_cache  # noqa: E402
 
 gdal.UseExceptions()
 GDAL_VERSION = int(gdal.VersionInfo("VERSION_NUM"))

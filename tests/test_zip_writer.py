@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from osgeo import gdal
 
-from export_map_server_cache.core import zip_writer
 from export_map_server_cache.core.errors import CacheError
-from export_map_server_cache.core.zip_writer import ZipWriter
+from export_map_server_cache.core.formats import zip_writer
+from export_map_server_cache.core.formats.zip_writer import ZipWriter
 
 
 def _members(count: int) -> dict[str, bytes]:

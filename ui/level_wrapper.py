@@ -26,8 +26,8 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core.errors import CacheError
-from ..core.level_selection import compact_levels, level_ids
-from ..core.level_table import LevelRow
+from ..core.selection.level_table import LevelRow
+from ..core.selection.levels import compact_levels, level_ids
 from .text_wrapper import TextParameterWrapper
 
 WATCHED = ("INPUT_SERVICE", "EXPORT_EXTENT", "AREA_OF_INTEREST", "AUTHCFG", "TOKEN")

@@ -1,0 +1,1 @@
+"""An export's plan, its targets, its progress and its estimate (the run: core/exporter.py)."""

@@ -1,0 +1,352 @@
+"""Where an export writes: a cache dataset folder or a tile package, new or already there.
+
+New outputs are built in a hidden staging folder beside the target and moved into place only
+when complete, so a failed or canceled run leaves nothing half-written. An existing dataset is
+updated bundle by bundle in place, or (staged=True) through a staging copy committed at the end.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..errors import CacheError
+from ..formats.atomic_file import AtomicFile
+from ..formats.bundle import BundleWriter
+from ..formats.compact_v1 import BundleV1Reader, BundleV1Writer
+from ..formats.compact_v2 import BundleV2Reader, BundleV2Writer
+from ..formats.conf_xml import write_conf_cdi, write_conf_xml
+from ..formats.file_store import ZipStore
+from ..formats.layout import bundle_name, level_folder
+from ..formats.package_metadata import (
+    item_pkinfo,
+    iteminfo_json,
+    iteminfo_xml,
+    mapserver_json,
+    root_json,
+)
+from ..formats.records import RecordFileReader
+from ..formats.storage_formats import bundle_file_sizes, open_writer
+from ..formats.zip_writer import ZipWriter
+from ..grid.extent import Extent
+from ..grid.tiling_scheme import StorageFormat, TileRange, TilingScheme
+from ..pixels.thumbnail import draw_thumbnail
+from ..sources.local_cache import open_cache
+from ..sources.source import CacheSource
+
+COPY_CHUNK = 16 << 20  # large copies: small ones cost more than the disk does (bench/)
+
+
+@dataclass
+class Finish:
+    """What the target needs to know at the end to write its metadata."""
+
+    scheme: TilingScheme
+    levels: list[int]  # levels that received tiles
+    extent: Extent
+    geographic_extent: Optional[Extent]
+    touched: set = field(default_factory=set)  # (level, brow, bcol) rewritten by the export
+    ranges: dict[int, TileRange] = field(default_factory=dict)  # exported tiles, per level
+    deferred_removals: list = field(default_factory=list)
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CacheError(
+            f"The target folder {str(folder)!r} cannot be written to "
+            f"({exc.strerror or exc}). Choose a folder you can write to."
+        ) from exc
+
+
+def _open_existing(path: Path) -> CacheSource:
+    try:
+        return open_cache(str(path))
+    except CacheError as exc:
+        raise CacheError(
+            f"The target {str(path)!r} already exists but is not a cache this export can update "
+            f"({exc}). Move or delete it, or choose another target folder."
+        ) from exc
+
+
+def _check_scheme(scheme: TilingScheme, existing: CacheSource, levels: list[int]) -> None:
+    differences = scheme.differences(existing.scheme, levels)
+    if differences:
+        existing.close()
+        raise CacheError(
+            f"The existing cache {str(existing.location)!r} has a different tiling scheme, so "
+            f"the export cannot be merged into it: {'; '.join(differences)}. Choose another "
+            "target folder or name."
+        )
+
+
+class Target(ABC):
+    """Where an export writes: bundle writers, then `finish` (commit) or `abort`."""
+
+    storage: StorageFormat
+    output_path: Path
+    existing: Optional[CacheSource] = None
+    profile = "spec"
+
+    def __init__(self, work_alllayers: Path, final_alllayers: Optional[Path]):
+        self.work_alllayers = work_alllayers
+        self._final_alllayers = final_alllayers
+
+    def writer(self, level: int, brow: int, bcol: int, payload: Optional[int] = None
+               ) -> BundleWriter:
+        """A writer for one bundle; `payload` = bytes of its records when known in advance."""
+        return open_writer(
+            self.storage, self.work_alllayers, level, brow, bcol, self.profile,
+            self._final_alllayers,
+        )
+
+    def bundle_done(self, level: int, brow: int, bcol: int) -> None:  # noqa: B027 (a hook)
+        """Called in the export's thread when a worker has committed a bundle."""
+
+    @abstractmethod
+    def finish(self, done: Finish) -> None:
+        """Write the cache's description and make the export final."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Leave the target as it was before the export."""
+
+
+def _merged_extent(done: Finish, existing: Optional[CacheSource]) -> Extent:
+    if existing is not None and existing.data_extent is not None:
+        return done.extent.union(existing.data_extent)
+    return done.extent
+
+
+class DatasetTarget(Target):
+    """`<target>/<name>/Layers/{conf.xml, conf.cdi, _alllayers}`."""
+
+    def __init__(self, target_dir: Path, name: str, storage: StorageFormat, staged: bool,
+                 scheme: TilingScheme, levels: list[int]):
+        self.storage = storage
+        _check_writable(target_dir)
+        self._folder = target_dir / name
+        self.output_path = self._folder / "Layers"
+        self._stage: Optional[Path] = None
+        if (self.output_path / "conf.xml").exists():
+            self.existing = _open_existing(self.output_path)
+            _check_scheme(scheme.with_storage(storage), self.existing, levels)
+            final = Path(self.existing.location) / self.existing.layout.prefix
+            if staged:
+                self._stage = target_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
+                super().__init__(self._stage / "Layers" / "_alllayers", final)
+            else:
+                super().__init__(final, None)
+        else:
+            if self._folder.exists() and any(self._folder.iterdir()):
+                raise CacheError(
+                    f"{str(self._folder)!r} exists and is not a cache dataset (no "
+                    "Layers/conf.xml). Choose another target folder, or empty it."
+                )
+            self._stage = target_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
+            super().__init__(self._stage / "Layers" / "_alllayers", None)
+
+    def finish(self, done: Finish) -> None:
+        scheme = done.scheme.with_storage(self.storage)
+        extent = _merged_extent(done, self.existing)
+        if self.existing is None:
+            layers = self._stage / "Layers"
+            layers.mkdir(parents=True, exist_ok=True)
+            (layers / "_alllayers").mkdir(exist_ok=True)
+            lods = scheme.gdal_readable_lods(done.levels)
+            (layers / "conf.xml").write_bytes(write_conf_xml(scheme, lods))
+            (layers / "conf.cdi").write_bytes(write_conf_cdi(extent, scheme.spatial_reference))
+            if self._folder.exists():
+                self._folder.rmdir()
+            os.replace(self._stage, self._folder)
+            self._stage = None
+            return
+        if self._stage is not None:
+            _move_tree(self._stage / "Layers" / "_alllayers", self._final_alllayers)
+            shutil.rmtree(self._stage)
+            self._stage = None
+        for path in done.deferred_removals:
+            Path(path).unlink(missing_ok=True)
+        out = AtomicFile(Path(self.existing.location) / "conf.cdi")
+        out.handle.write(write_conf_cdi(extent, self.existing.scheme.spatial_reference))
+        out.commit()
+        self.existing.close()
+
+    def abort(self) -> None:
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
+        if self.existing is not None:
+            self.existing.close()
+
+
+def _move_tree(source: Path, destination: Path) -> None:
+    for folder, _, files in os.walk(source):
+        relative = Path(folder).relative_to(source)
+        (destination / relative).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            os.replace(Path(folder) / name, destination / relative / name)
+
+
+class PackageTarget(Target):
+    """`<target>/<name>.tpk` (Compact V1) or `<target>/<name>.tpkx` (Compact V2).
+
+    A bundle's size is known from the source indexes before its tiles are read, so each worker
+    writes its bundle straight into a region of the package reserved for it: the tiles are
+    written once, in parallel. (Tiles of exploded caches have no index: those bundles are
+    staged and copied in when done.) The metadata goes in last; the central directory lists
+    members in ArcGIS's order.
+    """
+
+    def __init__(self, target_dir: Path, name: str, storage: StorageFormat,
+                 scheme: TilingScheme, levels: list[int]):
+        if storage is StorageFormat.EXPLODED:
+            raise CacheError(
+                "A tile package cannot hold an Exploded cache: choose COMPACT (.tpk) or "
+                "COMPACT_V2 (.tpkx) as STORAGE_FORMAT_TYPE, or CACHE_DATASET as "
+                "EXPORT_CACHE_TYPE."
+            )
+        self.storage = storage
+        self.profile = "arcgis"
+        self._v2 = storage is StorageFormat.COMPACT_V2
+        self._name = name
+        self._prefix = "tile" if self._v2 else "v101/Layers/_alllayers"
+        _check_writable(target_dir)
+        self.output_path = target_dir / (name + (".tpkx" if self._v2 else ".tpk"))
+        if self.output_path.exists():
+            self.existing = _open_existing(self.output_path)
+            _check_scheme(scheme.with_storage(storage), self.existing, levels)
+        self._stage: Optional[Path] = target_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
+        super().__init__(self._stage / self._prefix, None)
+        self._partial = self._stage.with_name(self._stage.name + ".zip")
+        self._zip: Optional[ZipWriter] = ZipWriter(self._partial)
+        self._staged: set = set()
+
+    def _bundle_files(self, level: int, brow: int, bcol: int) -> list[tuple[Path, str]]:
+        folder, stem = level_folder(level), bundle_name(brow, bcol)
+        suffixes = (".bundle",) if self._v2 else (".bundle", ".bundlx")
+        return [(self.work_alllayers / folder / (stem + suffix),
+                 f"{self._prefix}/{folder}/{stem}{suffix}") for suffix in suffixes]
+
+    def writer(self, level: int, brow: int, bcol: int, payload: Optional[int] = None):
+        if payload is None:
+            self._staged.add((level, brow, bcol))
+            return super().writer(level, brow, bcol)
+        sizes = bundle_file_sizes(self.storage, payload)
+        regions = [self._zip.reserve(arcname, size)
+                   for (_, arcname), size in zip(self._bundle_files(level, brow, bcol), sizes)]
+        if self._v2:
+            return BundleV2Writer(regions[0], self.profile)
+        return BundleV1Writer(regions[0], regions[1], brow, bcol)
+
+    def bundle_done(self, level: int, brow: int, bcol: int) -> None:  # noqa: B027 (a hook)
+        """Copy a staged bundle (one whose size was not known in advance) into the package."""
+        if (level, brow, bcol) not in self._staged:
+            return
+        for path, arcname in self._bundle_files(level, brow, bcol):
+            if path.exists():
+                with open(path, "rb") as src:
+                    self._copy_in(arcname, path.stat().st_size, src)
+                path.unlink()
+
+    def _copy_in(self, arcname: str, size: int, src) -> None:
+        region = self._zip.reserve(arcname, size)
+        try:
+            shutil.copyfileobj(src, region.handle, COPY_CHUNK)
+            region.commit()
+        finally:
+            region.abort()
+
+    def finish(self, done: Finish) -> None:
+        scheme = done.scheme.with_storage(self.storage)
+        extent = _merged_extent(done, self.existing)
+        levels = set(done.levels)
+        if self.existing is not None:
+            levels.update(self.existing.layout.levels())
+            self._copy_untouched(sorted(levels), done.touched)
+        thumbnail = draw_thumbnail(
+            lambda level, brow, bcol: self._written_bundle(level, brow, bcol, done.touched),
+            done.ranges, (scheme.tile_cols, scheme.tile_rows))
+        metadata = self._metadata(scheme, sorted(levels), extent, done, thumbnail)
+        for arcname, data in metadata:
+            self._zip.write_bytes(arcname, data)
+        self._zip.close(first=[name for name, _ in metadata])
+        self._zip = None
+        os.replace(self._partial, self.output_path)
+        if self.existing is not None:
+            self.existing.close()
+        shutil.rmtree(self._stage, ignore_errors=True)
+        self._stage = None
+
+    def _written_bundle(self, level: int, brow: int, bcol: int, touched: set
+                        ) -> Optional[RecordFileReader]:
+        """A bundle as the package will hold it: as this export wrote it into the package, or
+        the existing package's where the export left it alone; None when there is none."""
+        sources = [self._zip.open_member(arcname)
+                   for _, arcname in self._bundle_files(level, brow, bcol)]
+        if all(source is not None for source in sources):
+            if self._v2:
+                return BundleV2Reader(sources[0], brow, bcol)
+            return BundleV1Reader(sources[0], sources[1], brow, bcol)
+        for source in sources:
+            if source is not None:
+                source.close()
+        if self.existing is None or (level, brow, bcol) in touched:
+            return None
+        return self.existing.layout.open_bundle(level, brow, bcol)
+
+    def _metadata(self, scheme, levels, extent, done: Finish, thumbnail: bytes):
+        name = self._name
+        if self._v2:
+            return [
+                ("iteminfo.json", iteminfo_json(name, done.geographic_extent)),
+                ("root.json", root_json(scheme, name, levels[0], levels[-1], extent)),
+                ("thumbnail.png", thumbnail),
+            ]
+        return [
+            ("esriinfo/item.pkinfo", item_pkinfo(name)),
+            ("esriinfo/iteminfo.xml", iteminfo_xml(
+                name, done.geographic_extent, scheme.spatial_reference.describe())),
+            ("esriinfo/thumbnail/thumbnail.png", thumbnail),
+            ("servicedescriptions/mapserver/mapserver.json",
+             mapserver_json(scheme, name, extent, done.geographic_extent)),
+            ("v101/Layers/conf.cdi", write_conf_cdi(extent, scheme.spatial_reference)),
+            ("v101/Layers/conf.xml", write_conf_xml(scheme)),
+        ]
+
+    def _copy_untouched(self, levels: list[int], touched: set) -> None:
+        """Bundles of the existing package the export did not rewrite, copied verbatim."""
+        old = self.existing.layout
+        store = old.store
+        assert isinstance(store, ZipStore)
+        for level in levels:
+            if level not in old.levels():
+                continue
+            for brow, bcol in old.bundle_keys(level, None):
+                if (level, brow, bcol) in touched:
+                    continue
+                members = old.member_paths(level, brow, bcol)
+                for member, (_, arcname) in zip(members, self._bundle_files(level, brow, bcol)):
+                    region = self._zip.reserve(arcname, store.info(member).file_size)
+                    try:
+                        store.copy_member(member, region.handle)
+                        region.commit()
+                    finally:
+                        region.abort()
+
+    def abort(self) -> None:
+        self._zip = None
+        self._partial.unlink(missing_ok=True)
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage = None
+        if self.existing is not None:
+            self.existing.close()

@@ -1,0 +1,146 @@
+"""Compact Cache V1 bundles: `.bundle` records plus a column-major `.bundlx` index
+(esri-formats §2)."""
+from __future__ import annotations
+
+import struct
+from typing import Optional
+
+from ..errors import CorruptCacheError
+from ..grid.tiling_scheme import PACKET_SIZE, StorageFormat
+from .atomic_file import Output
+from .file_store import ByteSource
+from .layout import BundledLayout, Wanted
+from .records import RecordFileReader, RecordFileWriter
+
+SLOTS = PACKET_SIZE * PACKET_SIZE
+HEADER = struct.Struct("<4I3Q5I")
+SIZE_TABLE = 4 * SLOTS
+DATA_START = HEADER.size + SIZE_TABLE  # 65,596
+INDEX_HEADER = struct.pack("<4I", 3, 16, SLOTS, 5)
+INDEX_FOOTER = struct.pack("<4I", 0, 16, 16, 0)
+INDEX_FILE_SIZE = 16 + 5 * SLOTS + 16  # 81,952
+
+
+def _slot(row: int, col: int) -> int:
+    return (col % PACKET_SIZE) * PACKET_SIZE + row % PACKET_SIZE
+
+
+class BundleV1Reader(RecordFileReader):
+    def __init__(self, bundle: ByteSource, index: ByteSource, brow: int, bcol: int):
+        self._data = self._bundle = bundle
+        self.brow, self.bcol = brow, bcol
+        try:
+            if index.size < 16 + 5 * SLOTS:
+                raise CorruptCacheError(
+                    f"{index.name}: {index.size} bytes is too short for a .bundlx index "
+                    f"({INDEX_FILE_SIZE} expected)."
+                )
+            raw = index.pread(16, 5 * SLOTS)
+        finally:
+            index.close()
+        if bundle.size < HEADER.size:
+            raise CorruptCacheError(f"{bundle.name}: too short for a Compact V1 bundle.")
+        version, records, _, offset_bytes = HEADER.unpack(bundle.pread(0, HEADER.size))[:4]
+        if version != 3 or records != SLOTS or offset_bytes != 5:
+            raise CorruptCacheError(
+                f"{bundle.name}: not a Compact V1 bundle header (version {version}, records "
+                f"{records}, offset size {offset_bytes})."
+            )
+        self._offsets = [int.from_bytes(raw[i : i + 5], "little") for i in range(0, len(raw), 5)]
+        self._sizes: dict[int, int] = {}
+
+    def present(self) -> list[tuple[int, int]]:
+        tiles = []
+        for slot, offset in enumerate(self._offsets):
+            if offset < DATA_START:  # header or the zero size table: an empty slot
+                continue
+            size = struct.unpack("<I", self._bundle.pread(offset, 4))[0]
+            if not size:
+                continue
+            if offset + 4 + size > self._bundle.size:
+                raise CorruptCacheError(
+                    f"{self._bundle.name}: tile slot {slot} of {size} bytes at offset {offset} "
+                    f"runs past the end of the file ({self._bundle.size} bytes)."
+                )
+            self._sizes[slot] = size
+            tiles.append((self.brow + slot % PACKET_SIZE, self.bcol + slot // PACKET_SIZE))
+        tiles.sort()
+        return tiles
+
+    def locate(self, row: int, col: int) -> tuple[int, int]:
+        slot = _slot(row, col)
+        return self._offsets[slot] + 4, self._sizes[slot]
+
+
+class BundleV1Writer(RecordFileWriter):
+    """Writes `.bundle` and `.bundlx` with ArcGIS's header values and empty-slot offsets."""
+
+    def __init__(self, bundle: Output, index: Output, brow: int, bcol: int):
+        self._data = self._bundle = bundle
+        self._index_file = index
+        self._brow, self._bcol = brow, bcol
+        self._offsets = [HEADER.size + 4 * slot for slot in range(SLOTS)]
+        self._bundle.handle.seek(HEADER.size)
+        self._bundle.handle.write(bytes(SIZE_TABLE))
+        self._end = DATA_START
+        self._largest = 0
+        self.count = 0
+
+    def _index(self, row: int, col: int, data_offset: int, size: int) -> None:
+        self._offsets[_slot(row, col)] = data_offset - 4  # V1 entries point at the prefix
+
+    def commit(self) -> int:
+        if not self.count:
+            self._bundle.discard_and_remove_target()
+            self._index_file.discard_and_remove_target()
+            return 0
+        header = HEADER.pack(
+            3, SLOTS, self._largest, 5, 4 * self.count, self._end, 40, 16,
+            self._brow, self._brow + PACKET_SIZE - 1, self._bcol, self._bcol + PACKET_SIZE - 1,
+        )
+        self._bundle.handle.seek(0)
+        self._bundle.handle.write(header)
+        index = bytearray(INDEX_HEADER)
+        for offset in self._offsets:
+            index += offset.to_bytes(5, "little")
+        index += INDEX_FOOTER
+        self._index_file.handle.write(index)
+        self._bundle.commit()
+        self._index_file.commit()
+        return self._end + INDEX_FILE_SIZE
+
+    def abort(self) -> None:
+        self._bundle.abort()
+        self._index_file.abort()
+
+
+class CompactV1Layout(BundledLayout):
+    storage = StorageFormat.COMPACT
+
+    def open_bundle(self, level: int, brow: int, bcol: int, wanted: Optional[Wanted] = None
+                    ) -> Optional[BundleV1Reader]:
+        stem = self._stem(level, brow, bcol)
+        if stem is None:
+            return None
+        index_name = self._index_name(stem)
+        if index_name is None:
+            raise CorruptCacheError(
+                f"{self.store.label}: {stem}.bundle has no .bundlx index beside it."
+            )
+        bundle = self.store.open(stem + ".bundle")
+        try:
+            return BundleV1Reader(bundle, self.store.open(index_name), brow, bcol)
+        except Exception:
+            bundle.close()
+            raise
+
+    def _index_name(self, stem: str) -> Optional[str]:
+        folder, base = stem.rsplit("/", 1) if "/" in stem else ("", stem)
+        for name in self.store.listdir(folder):
+            if name.lower() == (base + ".bundlx").lower():
+                return f"{folder}/{name}" if folder else name
+        return None
+
+    def member_paths(self, level: int, brow: int, bcol: int) -> list[str]:
+        stem = self._stem(level, brow, bcol)
+        return [stem + ".bundle", self._index_name(stem) or stem + ".bundlx"] if stem else []

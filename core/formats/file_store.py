@@ -1,0 +1,177 @@
+"""Random access to files in a folder or inside a zip package, so readers need not know which."""
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import struct
+import threading
+import zipfile
+from pathlib import Path
+from typing import Optional, Protocol
+
+from ..errors import CacheError, CorruptCacheError
+
+ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
+
+
+class ByteSource(Protocol):
+    """A readable file of known size; each reader owns its own instance (one thread)."""
+
+    name: str
+    size: int
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class FileBytes:
+    def __init__(self, path: Path, name: str, offset: int = 0, size: Optional[int] = None):
+        self.name = name
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._offset = offset
+        self.size = size if size is not None else os.fstat(self._file.fileno()).st_size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < 0 or offset + length > self.size:
+            raise CorruptCacheError(
+                f"{self.name}: a read of {length} bytes at offset {offset} goes past the end of "
+                f"the file ({self.size} bytes). The file is truncated or corrupt."
+            )
+        self._file.seek(self._offset + offset)
+        data = self._file.read(length)
+        if len(data) != length:
+            raise CorruptCacheError(f"{self.name}: unexpected end of file at offset {offset}.")
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class MemoryBytes:
+    def __init__(self, data: bytes, name: str):
+        self.name, self._data, self.size = name, data, len(data)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < 0 or offset + length > self.size:
+            raise CorruptCacheError(
+                f"{self.name}: a read of {length} bytes at offset {offset} goes past the end of "
+                f"the file ({self.size} bytes). The file is truncated or corrupt."
+            )
+        return self._data[offset : offset + length]
+
+    def close(self) -> None:
+        self._data = b""
+
+
+class DirStore:
+    """Files below a folder; relative paths use '/'."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.label = str(self.root)
+
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            return os.listdir(self.root / rel) if rel else os.listdir(self.root)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def exists(self, rel: str) -> bool:
+        return (self.root / rel).exists()
+
+    def read(self, rel: str) -> bytes:
+        return (self.root / rel).read_bytes()
+
+    def open(self, rel: str) -> ByteSource:
+        return FileBytes(self.root / rel, f"{self.label}/{rel}")
+
+    def close(self) -> None:
+        pass
+
+
+class ZipStore:
+    """Members of a zip package. STORED members are read in place; others are inflated."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.label = str(self.path)
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CacheError(
+                f"{self.path} is not a readable zip archive ({exc}). Tile packages are zip files: "
+                "this one is incomplete or of another kind; copy or download it again."
+            ) from exc
+        self._lock = threading.Lock()
+        self._infos: dict[str, zipfile.ZipInfo] = {}
+        self._dirs: dict[str, list[str]] = {}
+        for info in self._zip.infolist():
+            name = info.filename.replace("\\", "/")
+            norm = posixpath.normpath(name)
+            if name.startswith("/") or norm == ".." or norm.startswith("../") or ":" in name:
+                raise CacheError(
+                    f"{self.path}: the member {info.filename!r} points outside the package. "
+                    "The package is malformed or malicious; it was not read."
+                )
+            if info.is_dir():
+                continue
+            self._infos[norm] = info
+            parent, base = posixpath.split(norm)
+            while True:
+                self._dirs.setdefault(parent, []).append(base)
+                if not parent:
+                    break
+                parent, base = posixpath.split(parent)
+        for key, names in self._dirs.items():
+            self._dirs[key] = sorted(set(names))
+
+    @property
+    def members(self) -> list[str]:
+        return list(self._infos)
+
+    def info(self, rel: str) -> zipfile.ZipInfo:
+        return self._infos[rel]
+
+    def listdir(self, rel: str) -> list[str]:
+        return list(self._dirs.get(rel.strip("/"), []))
+
+    def exists(self, rel: str) -> bool:
+        return rel in self._infos
+
+    def read(self, rel: str) -> bytes:
+        with self._lock:
+            return self._zip.read(self._infos[rel])
+
+    def data_offset(self, rel: str) -> int:
+        """Where a member's bytes start in the archive (after its local header)."""
+        info = self._infos[rel]
+        with open(self.path, "rb") as handle:
+            handle.seek(info.header_offset)
+            signature, name_len, extra_len = ZIP_LOCAL_HEADER.unpack(handle.read(30))
+        if signature != b"PK\x03\x04":
+            raise CorruptCacheError(f"{self.path}: broken local header for {rel}.")
+        return info.header_offset + 30 + name_len + extra_len
+
+    def open(self, rel: str) -> ByteSource:
+        info = self._infos[rel]
+        name = f"{self.label}!{rel}"
+        if info.compress_type == zipfile.ZIP_STORED:
+            return FileBytes(self.path, name, self.data_offset(rel), info.file_size)
+        return MemoryBytes(self.read(rel), name)
+
+    def copy_member(self, rel: str, out: io.BufferedIOBase) -> None:
+        with self._lock, self._zip.open(self._infos[rel]) as src:
+            while chunk := src.read(16 << 20):
+                out.write(chunk)
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+def find_case_insensitive(names: list[str], wanted: str) -> Optional[str]:
+    for name in names:
+        if name.lower() == wanted.lower():
+            return name
+    return None

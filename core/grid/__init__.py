@@ -1,0 +1,1 @@
+"""The ground every other package stands on: extents, spatial references, tiling schemes."""

@@ -1,0 +1,1 @@
+"""Which tiles an export takes: levels, extents, areas of interest, scanline masks."""

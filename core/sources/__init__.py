@@ -1,0 +1,1 @@
+"""What an export reads from: local caches and packages, ArcGIS REST tile services."""
