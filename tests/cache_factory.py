@@ -136,3 +136,12 @@ def snapshot(folder: Path) -> dict[str, bytes]:
         rel = path.relative_to(folder).as_posix()
         found[rel] = path.read_bytes() if path.is_file() else b"<dir>"
     return found
+
+
+def changed_files(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
+    """The paths two snapshots disagree on (added, removed or changed), sorted: compared so,
+    a failure lists names instead of asking pytest for a diff of two large dicts (which with
+    CI set, untruncated, took more than 10 minutes)."""
+    return sorted(path for path in before.keys() | after.keys()
+                  if before.get(path) != after.get(path))
+
