@@ -34,8 +34,8 @@ Key = tuple[int, int, int]
 HTML = "text/html;charset=utf-8"
 
 
-def tiles_of_extent(service: dict, levels, skip=()) -> dict[Key, bytes]:
-    """A distinct PNG for every tile of the service's full extent at `levels`, by the tile
+def tiles_of_extent(service: dict, levels, skip=(), image_format="PNG") -> dict[Key, bytes]:
+    """A distinct image for every tile of the service's full extent at `levels`, by the tile
     math of the service's own tileInfo (spec §8.2), except `skip`."""
     info, extent = service["tileInfo"], service["fullExtent"]
     lods = {lod["level"]: lod["resolution"] for lod in info["lods"]}
@@ -51,7 +51,8 @@ def tiles_of_extent(service: dict, levels, skip=()) -> dict[Key, bytes]:
                 if (level, row, col) not in skip:
                     out = io.BytesIO()
                     Image.new("RGBA", (info["cols"], info["rows"]),
-                              (40 * level, 7 * row % 256, 11 * col % 256, 255)).save(out, "PNG")
+                              (40 * level, 7 * row % 256, 11 * col % 256, 255)).convert(
+                        "RGB" if image_format == "JPEG" else "RGBA").save(out, image_format)
                     tiles[(level, row, col)] = out.getvalue()
     return tiles
 
@@ -118,21 +119,37 @@ def test_an_image_service_of_lerc_elevation_tiles_is_refused_as_not_images(serve
     assert not (tmp_path / "out").exists() or snapshot(tmp_path / "out") == {}
 
 
+JSON = "application/json; charset=utf-8"
+REFUSALS = {  # reply: (fixture, content type, what the user is told)
+    "498 server pjson": ("error-498-invalid-token.pjson", "text/plain;charset=utf-8",
+                         "refused access (498: Invalid Token)"),
+    "498 online": ("error-498-invalid-token-online.json", JSON,
+                   "refused access (498: Invalid token.)."),
+    "499 server": ("error-499-token-required-server.json", JSON,
+                   "refused access (499: Token Required)."),
+    "499 online": ("error-499-token-required-online.json", JSON,
+                   "refused access (499: Token Required)."),
+    "403 online": ("error-403-no-permission.json", JSON,
+                   "refused access (403: You do not have permissions to access this resource "
+                   "or perform this operation.)."),
+    "html page": ("invalid-token-page.html", HTML, "refused access (498: Invalid Token)"),
+}
+
+
 @pytest.mark.parametrize("kind", ["service", "tile"])
-@pytest.mark.parametrize("reply", ["498 pjson", "html page"])
-def test_an_expired_token_is_a_refusal_however_it_is_said(kind, reply, serve, tmp_path):
-    """An expired token as ArcGIS says it: 498 JSON in the server's spaced pjson form, or an
-    HTML page with HTTP 200, on the service JSON or on the tiles: the run stops at once with
-    the refusal, and no tile is asked for twice."""
-    body, content_type = {
-        "498 pjson": (reply_fixture("error-498-invalid-token.pjson"), "text/plain;charset=utf-8"),
-        "html page": (reply_fixture("invalid-token-page.html"), HTML)}[reply]
+@pytest.mark.parametrize("reply", list(REFUSALS))
+def test_a_refused_token_is_a_refusal_however_it_is_said(kind, reply, serve, tmp_path):
+    """A missing, expired or insufficient token as ArcGIS Server and ArcGIS Online say it (JSON
+    errors 498/499/403 with HTTP 200, in the server's spaced pjson form or Online's compact one
+    with a messageCode and details, or an HTML page), on the service JSON or on the tiles: the
+    run stops at once with the server's own words, and no tile is asked for twice."""
+    fixture, content_type, told = REFUSALS[reply]
     service = service_json_of_dataset(SAMPLE / "Layers")
     server = serve({"world": ReplayService(service, v2_folder_tiles(
-        SAMPLE / "Layers" / "_alllayers"), {kind: (200, body, content_type)})})
+        SAMPLE / "Layers" / "_alllayers"), {kind: (200, reply_fixture(fixture), content_type)})})
     message = export_error({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-2",
                             "TARGET_CACHE_PATH": str(tmp_path / "out")})
-    assert "refused access (498: Invalid Token)" in message
+    assert told in message
     assert max(tile_requests(server).values(), default=1) == 1
     assert not (tmp_path / "out").exists() or snapshot(tmp_path / "out") == {}
 
@@ -166,3 +183,45 @@ def test_tiles_served_without_the_engine_are_exported_byte_for_byte(kind, serve,
     assert result["TILE_COUNT"] == len(sample)
     assert [e for e in server.log.entries() if e.kind == "tilemap"]
     assert set(tile_requests(server)) == set(sample)
+
+
+def test_an_arcgis_online_hosted_tile_layer_is_exported_by_its_tilemap(serve, tmp_path):
+    """An ArcGIS Online hosted tile layer (10.81, `TilesOnly,Tilemap`, Compact V2, UTM 18N,
+    minLOD/maxLOD, exportTiles not allowed): its tilemap is used, so exactly the tiles that
+    exist are asked for, once each, and the output holds them with the service's grid."""
+    service = service_fixture("hosted-tile-layer-10.81-utm18n-tilemap.json")
+    every = tiles_of_extent(service, range(4))
+    holes = set(sorted(k for k in every if k[0] == 3)[::7]) | {min(every)}
+    tiles = {k: v for k, v in every.items() if k not in holes}
+    server = serve({"Philadelphia2": ReplayService(service, tiles)})
+    feedback = recording_feedback()
+    result = run_export({"INPUT_SERVICE": server.service_url("Philadelphia2"), "LEVELS": "0-3",
+                         "EXPORT_CACHE_TYPE": 1, "TARGET_CACHE_PATH": str(tmp_path)}, feedback)
+    out = Path(result["OUTPUT_CACHE_PATH"])
+    assert output_tiles(out, "tpkx") == tiles
+    assert tile_requests(server) == Counter(tiles.keys())  # each once
+    assert [e for e in server.log.entries() if e.kind == "tilemap"]
+    assert any(line.endswith("levels 0-4, PNG, tilemap yes; exportTiles not allowed, "
+                             "maxExportTilesCount 100000") for line in feedback.infos), \
+        feedback.text
+
+
+def test_a_world_jpeg_basemap_with_a_tilemap_asks_only_for_tiles_that_exist(serve, tmp_path):
+    """ArcGIS Online's USA Topo Maps (10.91, Web Mercator by wkid 102100, JPEG quality 75,
+    `Map,Tilemap`, a full extent a little short of the world's in y): levels 0-3 with holes
+    are exported without one request for a missing tile, into a Compact V2 dataset that says
+    JPEG and holds the served bytes."""
+    service = service_fixture("mapserver-10.91-usa-topo-jpeg-tilemap.json")
+    every = tiles_of_extent(service, range(4), image_format="JPEG")
+    assert len(every) == 1 + 4 + 16 + 64  # the whole world: the extent's y is inside row 0
+    holes = {(1, 0, 1), (2, 3, 0), (3, 2, 5), (3, 7, 7)}
+    tiles = {k: v for k, v in every.items() if k not in holes}
+    server = serve({"USA_Topo_Maps": ReplayService(service, tiles)})
+    result = run_export({"INPUT_SERVICE": server.service_url("USA_Topo_Maps"), "LEVELS": "0-3",
+                         "TARGET_CACHE_PATH": str(tmp_path)})
+    out = Path(result["OUTPUT_CACHE_PATH"])
+    assert output_tiles(out, "dataset-v2") == tiles
+    assert tile_requests(server) == Counter(tiles.keys())  # each once
+    conf = ElementTree.parse(out / "conf.xml").getroot()
+    assert conf.findtext("TileImageInfo/CacheTileFormat") == "JPEG"
+    assert conf.findtext("TileImageInfo/CompressionQuality") == "75"

@@ -269,8 +269,10 @@ def _json_error(body: bytes) -> Optional[tuple[int, str]]:
         code = 0
     message = str(error.get("message") or "error")
     details = error.get("details")
-    if isinstance(details, list) and details:
-        message += " (" + "; ".join(map(str, details[:3])) + ")"
+    if isinstance(details, list):
+        extra = [str(detail) for detail in details[:3] if str(detail) != message]
+        if extra:  # ArcGIS Online repeats the message as its only detail ("Token Required")
+            message += " (" + "; ".join(extra) + ")"
     return code, message
 
 
