@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from ..errors import CacheError
 from ..grid.tiling_scheme import TileRange, bundle_range
-from ..selection.tile_selection import Coverage, PolygonSelection, Selection
+from ..selection.tile_selection import Coverage, Selection
 from ..sources.source import CacheSource
 from .plan import plan_bundles
 
@@ -54,7 +54,7 @@ def area_tile_count(source: CacheSource, level: int, selection: Selection) -> in
         window = layout.area(level, window)
         if window is None:
             return 0
-    if not isinstance(selection, PolygonSelection) and source.is_service:
+    if selection.fills_window and source.is_service:
         return window.count
     total = 0
     for number, (brow, bcol) in enumerate(layout.bundle_keys(level, window)):

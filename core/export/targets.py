@@ -20,7 +20,6 @@ from ..formats.bundle import BundleWriter
 from ..formats.compact_v1 import BundleV1Reader, BundleV1Writer
 from ..formats.compact_v2 import BundleV2Reader, BundleV2Writer
 from ..formats.conf_xml import write_conf_cdi, write_conf_xml
-from ..formats.file_store import ZipStore
 from ..formats.layout import bundle_name, level_folder
 from ..formats.package_metadata import (
     item_pkinfo,
@@ -326,7 +325,6 @@ class PackageTarget(Target):
         """Bundles of the existing package the export did not rewrite, copied verbatim."""
         old = self.existing.layout
         store = old.store
-        assert isinstance(store, ZipStore)
         for level in levels:
             if level not in old.levels():
                 continue
@@ -335,7 +333,7 @@ class PackageTarget(Target):
                     continue
                 members = old.member_paths(level, brow, bcol)
                 for member, (_, arcname) in zip(members, self._bundle_files(level, brow, bcol)):
-                    region = self._zip.reserve(arcname, store.info(member).file_size)
+                    region = self._zip.reserve(arcname, store.size(member))
                     try:
                         store.copy_member(member, region.handle)
                         region.commit()

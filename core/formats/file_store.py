@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import shutil
 import struct
 import threading
 import zipfile
@@ -87,6 +88,13 @@ class DirStore:
     def open(self, rel: str) -> ByteSource:
         return FileBytes(self.root / rel, f"{self.label}/{rel}")
 
+    def size(self, rel: str) -> int:
+        return (self.root / rel).stat().st_size
+
+    def copy_member(self, rel: str, out: io.BufferedIOBase) -> None:
+        with open(self.root / rel, "rb") as src:
+            shutil.copyfileobj(src, out, 16 << 20)
+
     def close(self) -> None:
         pass
 
@@ -131,8 +139,9 @@ class ZipStore:
     def members(self) -> list[str]:
         return list(self._infos)
 
-    def info(self, rel: str) -> zipfile.ZipInfo:
-        return self._infos[rel]
+    def size(self, rel: str) -> int:
+        """The member's uncompressed size."""
+        return self._infos[rel].file_size
 
     def listdir(self, rel: str) -> list[str]:
         return list(self._dirs.get(rel.strip("/"), []))

@@ -11,7 +11,7 @@ from typing import Optional
 
 from ..grid.extent import Extent
 from ..grid.tiling_scheme import TilingScheme
-from .tile_selection import PolygonSelection, Selection
+from .tile_selection import Selection
 
 COUNT_LIMIT = 20_000
 
@@ -36,7 +36,7 @@ def level_rows(scheme: TilingScheme, data_extent: Optional[Extent],
     for lod in scheme.lods:
         window = scheme.tile_range(lod.level, area) if area is not None else None
         tiles, exact = (window.count, True) if window is not None else (0, area is not None)
-        if window is not None and isinstance(selection, PolygonSelection):
+        if window is not None and not selection.fills_window:
             if window.count <= COUNT_LIMIT:
                 tiles = selection.count_in(lod.level, window)
             else:

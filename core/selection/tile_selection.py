@@ -28,6 +28,14 @@ class Coverage(enum.Enum):
 class Selection:
     """Everything: no window, every tile."""
 
+    fills_window = True
+    """Every tile of `window(level)` is selected (a rectangle); False for a polygon, whose
+    window only bounds it: counting then needs `count_in` or `area_share`."""
+
+    def area_share(self) -> float:
+        """The selected share of the window (to scale tile counts of huge windows)."""
+        return 1.0
+
     def bounds(self) -> Optional[Extent]:
         return None
 
@@ -112,7 +120,7 @@ class PolygonSelection(ExtentSelection):
         return prepared
 
     def area_share(self) -> float:
-        """The polygon's share of its bounding box (to scale tile counts of huge windows)."""
+        """The polygon's share of its bounding box."""
         return self._share
 
     def _box(self, level: int, tiles: TileRange, inset: float = 0.1):

@@ -12,7 +12,7 @@ from ..formats.storage_formats import LAYOUTS
 from ..grid.tiling_scheme import StorageFormat
 from .service_json import load_json, scheme_from_service_json
 from .service_url import redacted
-from .source import CacheSource, safe_name
+from .source import CacheSource, LocalCache, safe_name
 
 PACKAGE_SUFFIXES = (".tpk", ".tpkx")
 
@@ -81,7 +81,7 @@ def _open_dataset(folder: Path, conf_name: str) -> CacheSource:
         raise CacheError(f"The cache {str(folder)!r} has conf.xml but no _alllayers folder.")
     cdi = find_case_insensitive(names, "conf.cdi")
     extent = parse_conf_cdi(store.read(cdi), str(folder / cdi)) if cdi else None
-    return CacheSource(
+    return LocalCache(
         name=_dataset_name(folder),
         scheme=scheme,
         layout=LAYOUTS[scheme.storage_format](store, alllayers),
@@ -111,7 +111,7 @@ def _read_package(path: Path, store: ZipStore) -> CacheSource:
         bundles = posixpath.normpath(str(root.get("tileBundlesPath") or "./tile"))
         if bundles.startswith("..") or bundles.startswith("/"):
             raise CacheError(f"{path}: tileBundlesPath {bundles!r} points outside the package.")
-        return CacheSource(
+        return LocalCache(
             name=name,
             scheme=scheme,
             layout=LAYOUTS[StorageFormat.COMPACT_V2](store, bundles),
@@ -132,7 +132,7 @@ def _read_package(path: Path, store: ZipStore) -> CacheSource:
     members = store.listdir(folder)
     cdi = find_case_insensitive(members, "conf.cdi")
     extent = parse_conf_cdi(store.read(f"{folder}/{cdi}"), f"{path}!{cdi}") if cdi else None
-    return CacheSource(
+    return LocalCache(
         name=name,
         scheme=scheme,
         layout=LAYOUTS[scheme.storage_format](store, f"{folder}/_alllayers"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -12,9 +13,9 @@ from ..grid.tiling_scheme import TilingScheme
 
 
 @dataclass
-class CacheSource:
-    """A cache the exporter reads: its tiling scheme, and its tiles through `layout`. A local
-    cache or package is one as it is; a tile service is a `ServiceSource`."""
+class CacheSource(ABC):
+    """A cache the exporter reads: its tiling scheme, and its tiles through `layout`: a local
+    cache dataset or package (`LocalCache`) or a tile service (`ServiceSource`)."""
 
     name: str
     scheme: TilingScheme
@@ -24,9 +25,9 @@ class CacheSource:
     is_package: bool
 
     @property
+    @abstractmethod
     def is_service(self) -> bool:
         """Whether tiles come over the network (downloads: staged, estimated, throttled)."""
-        return False
 
     @property
     def store(self) -> Store:
@@ -34,6 +35,15 @@ class CacheSource:
 
     def close(self) -> None:
         self.store.close()
+
+
+@dataclass
+class LocalCache(CacheSource):
+    """A cache dataset folder or a tile package on disk."""
+
+    @property
+    def is_service(self) -> bool:
+        return False
 
 
 def safe_name(text: str) -> str:
