@@ -4,11 +4,35 @@
 a message that says what to do; the Processing algorithm shows that message (and no traceback).
 `EngineBug` and its subclasses are programming errors (`RuntimeError`s): a broken promise inside
 the engine, never worded for the user and always shown with their traceback.
+
+The engine speaks of its own concepts (the input, the levels, the area); which Processing
+parameter holds that concept is the adapter's business: an error says what it is about with a
+`Concern`, and the algorithm names the parameter.
 """
+from __future__ import annotations
+
+import enum
+from typing import Optional
+
+
+class Concern(enum.Enum):
+    """The part of the request an error is about."""
+
+    INPUT = "input"
+    LEVELS = "levels"
+    SCALES = "scales"
+    AREA = "area"
+    TILE_FORMAT = "tile format"
+    REQUEST_RATE = "request rate"
+    CREDENTIALS = "credentials"
 
 
 class CacheError(Exception):
     """Bad input or an impossible request, with a message meant for the user."""
+
+    def __init__(self, message: str = "", concern: Optional[Concern] = None):
+        super().__init__(message)
+        self.concern = concern
 
 
 class CorruptCacheError(CacheError):

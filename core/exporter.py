@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import CacheError, ExportCanceled
+from .errors import CacheError, Concern, ExportCanceled
 from .export.bundle_job import BundleJob, BundleResult
 from .export.plan import plan_bundles
 from .export.pool import run_pool
@@ -194,9 +194,9 @@ class Exporter:
         if target.existing is not None and wanted and wanted != base.tile_format:
             raise CacheError(
                 f"The existing cache {str(target.existing.location)!r} holds {base.tile_format} "
-                f"tiles, so tiles cannot be merged into it as {wanted}. Leave TILE_FORMAT on "
-                f"'keep' (tiles are then written as {base.tile_format}) or choose another "
-                "target.")
+                f"tiles, so tiles cannot be merged into it as {wanted}. Keep the input's "
+                f"tile format (tiles are then written as {base.tile_format}) or choose another "
+                "target.", Concern.TILE_FORMAT)
         tile_format = wanted or base.tile_format
         quality = base.compression_quality
         if tile_format in ("JPEG", "MIXED"):

@@ -36,7 +36,7 @@ from ..qgis_compat import (
     SOURCE_VECTOR_POLYGON,
 )
 from .engine_log import engine_log_to
-from .export_parameters import TILE_FORMATS, ExportParameters
+from .export_parameters import TILE_FORMATS, ExportParameters, user_message
 from .help_text import HELP
 from .input_layers import resolve_input
 from .plugin_icon import plugin_icon
@@ -207,7 +207,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         except ExportCanceled as exc:
             raise QgsProcessingException(str(exc)) from None
         except CacheError as exc:
-            raise QgsProcessingException(str(exc)) from None
+            raise QgsProcessingException(user_message(exc)) from None
         except OSError as exc:
             raise QgsProcessingException(tr(
                 "A file could not be read or written: {}. Nothing half-written was left in "

@@ -9,6 +9,7 @@ from typing import Optional
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException
 from qgis.PyQt.QtGui import QColor
 
+from ..core.errors import CacheError, Concern
 from ..core.export.estimate import area_tile_count
 from ..core.grid.tiling_scheme import TilingScheme
 from ..core.selection.levels import select_levels
@@ -78,8 +79,13 @@ class ExportParameters:
 
     def levels(self, scheme: TilingScheme) -> list[int]:
         """LEVELS or SCALES as the cache's level IDs (all of them when neither is given)."""
-        return select_levels(self._string(self._algorithm.LEVELS) or "",
-                             self._string(self._algorithm.SCALES) or "", scheme)
+        levels = self._string(self._algorithm.LEVELS) or ""
+        scales = self._string(self._algorithm.SCALES) or ""
+        if levels.strip() and scales.strip():
+            raise QgsProcessingException(tr(
+                "Give either SCALES or LEVELS, not both: they select the same thing in two "
+                "ways."))
+        return select_levels(levels, scales, scheme)
 
     def selection(self, feedback, scheme: TilingScheme) -> Selection:
         """EXPORT_EXTENT or AREA_OF_INTEREST in the cache's CRS (also for the level list)."""
@@ -187,3 +193,21 @@ class ExportParameters:
             return lonlat_extent(extent, cache_crs(scheme.spatial_reference))
         except QgsProcessingException:
             return None
+
+
+PARAMETERS_OF = {
+    Concern.INPUT: "INPUT_SERVICE",
+    Concern.LEVELS: "LEVELS",
+    Concern.SCALES: "SCALES",
+    Concern.AREA: "EXPORT_EXTENT / AREA_OF_INTEREST",
+    Concern.TILE_FORMAT: "TILE_FORMAT",
+    Concern.REQUEST_RATE: "NUM_OF_CACHING_SERVICE_INSTANCES / MAX_REQUESTS_PER_SECOND",
+    Concern.CREDENTIALS: "TOKEN / AUTHCFG",
+}
+
+
+def user_message(error: CacheError) -> str:
+    """The engine's message, led by the parameters it is about: the engine speaks of levels
+    and areas, the user sets LEVELS and EXPORT_EXTENT."""
+    parameters = PARAMETERS_OF.get(error.concern) if error.concern else None
+    return f"{parameters}: {error}" if parameters else str(error)

@@ -173,7 +173,7 @@ def test_folder_without_conf_xml(tmp_path):
     folder = tmp_path / "not_a_cache"
     (folder / "_alllayers" / "L00").mkdir(parents=True)
     assert_fails_cleanly({"INPUT_SERVICE": str(folder)}, target,
-                         r"has no conf\.xml .*Point INPUT_SERVICE at the folder")
+                         r"^INPUT_SERVICE: .*has no conf\.xml .*Point the input at the folder")
 
 
 def test_conf_xml_that_is_not_xml(pristine, tmp_path):

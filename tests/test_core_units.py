@@ -203,3 +203,13 @@ def test_extent_selection_bundle_coverage():
     assert selection.bundle_coverage(9, 0, 0) is Coverage.ALL
     assert selection.bundle_coverage(9, 256, 0) is Coverage.SOME
     assert selection.bundle_coverage(9, 0, 128) is Coverage.NONE
+
+
+def test_a_huge_level_range_is_compared_not_expanded():
+    import tracemalloc
+    tracemalloc.start()
+    with pytest.raises(CacheError, match=r"level\(s\) 24,25,26,27,28,29,30,31,32,33,… are not"):
+        select_levels("0-100000000", "", SCHEME)
+    assert select_levels("20-23,0-1", "", SCHEME) == [0, 1, 20, 21, 22, 23]
+    assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    tracemalloc.stop()

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from osgeo import gdal
 
-from export_map_server_cache.core.errors import CacheError
+from export_map_server_cache.core.errors import EngineBug
 from export_map_server_cache.core.formats import zip_writer
 from export_map_server_cache.core.formats.zip_writer import ZipWriter
 
@@ -78,10 +78,10 @@ def test_zip64_end_records_for_many_members(tmp_path):
 def test_a_member_cannot_outgrow_its_region(tmp_path):
     archive = ZipWriter(tmp_path / "x.zip")
     region = archive.reserve("a", 4)
-    with pytest.raises(CacheError, match="outgrew"):
+    with pytest.raises(EngineBug, match="outgrew"):
         region.handle.write(b"12345")
     region.abort()
-    with pytest.raises(CacheError, match="not written"):
+    with pytest.raises(EngineBug, match="not written"):
         archive.close()
 
 

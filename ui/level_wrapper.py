@@ -27,7 +27,13 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core.errors import CacheError
 from ..core.selection.level_table import LevelRow
-from ..core.selection.levels import compact_levels, level_ids
+from ..core.selection.levels import (
+    LevelRange,
+    compact_levels,
+    in_ranges,
+    level_ranges,
+    ranges_text,
+)
 from .text_wrapper import TextParameterWrapper
 
 WATCHED = ("INPUT_SERVICE", "EXPORT_EXTENT", "AREA_OF_INTEREST", "AUTHCFG", "TOKEN")
@@ -77,13 +83,14 @@ class LevelChecklist(QWidget):
         layout.addWidget(self.status)
         self.changed: Callable[[], None] = lambda: None
         self.tree.itemChanged.connect(lambda *_: self.changed())
-        self._pending: Optional[set[int]] = None  # a value set before the rows arrived
+        self._pending: Optional[list[LevelRange]] = None  # set before the rows arrived
 
     def set_rows(self, rows: list[LevelRow], present: set[int]) -> None:
         """Show `rows`, keeping the checked levels; levels without tiles in the input are
         greyed out."""
-        checked = self._pending if self._pending is not None else self.checked()
-        self._pending = None
+        pending, self._pending = self._pending, None
+        checked = self.checked() if pending is None else {
+            row.level for row in rows if in_ranges(row.level, pending)}
         self.tree.blockSignals(True)
         self.tree.clear()
         for row in rows:
@@ -126,14 +133,14 @@ class LevelChecklist(QWidget):
 
     def value(self) -> str:
         if self._pending is not None:
-            return compact_levels(sorted(self._pending))
+            return ranges_text(self._pending)
         return compact_levels(sorted(self.checked()))
 
-    def set_value(self, levels: set[int]) -> None:
+    def set_value(self, ranges: list[LevelRange]) -> None:
         if self.tree.topLevelItemCount() == 0:
-            self._pending = set(levels)
+            self._pending = list(ranges)
         else:
-            self.check(lambda level: level in levels)
+            self.check(lambda level: in_ranges(level, ranges))
 
 
 class LevelListWrapper(TextParameterWrapper):
@@ -200,9 +207,9 @@ class LevelListWrapper(TextParameterWrapper):
 
     def set_dialog_value(self, value) -> None:
         try:
-            self.widget.set_value(level_ids(str(value or "")))
+            self.widget.set_value(level_ranges(str(value or "")))
         except CacheError:
-            self.widget.set_value(set())
+            self.widget.set_value([])
 
     def dialog_value(self):
         return self.widget.value()

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..errors import CacheError
+from ..errors import CacheError, Concern
 from ..grid.tiling_scheme import TileRange, bundle_range
 from ..selection.tile_selection import Coverage, Selection
 from ..sources.source import CacheSource
@@ -61,7 +61,8 @@ def area_tile_count(source: CacheSource, level: int, selection: Selection) -> in
         if number >= MAX_COUNTED_BUNDLES:
             raise CacheError(
                 f"Level {level} spans more than {MAX_COUNTED_BUNDLES} bundles in the export "
-                "area: choose fewer levels or a smaller EXPORT_EXTENT / AREA_OF_INTEREST.")
+                "area: choose fewer levels or a smaller export extent or area of interest.",
+                Concern.AREA)
         total += _count_in_bundle(level, brow, bcol, window, selection)
     return total
 

@@ -209,9 +209,8 @@ class PackageTarget(Target):
                  scheme: TilingScheme, levels: list[int]):
         if storage is StorageFormat.EXPLODED:
             raise CacheError(
-                "A tile package cannot hold an Exploded cache: choose COMPACT (.tpk) or "
-                "COMPACT_V2 (.tpkx) as STORAGE_FORMAT_TYPE, or CACHE_DATASET as "
-                "EXPORT_CACHE_TYPE."
+                "A tile package cannot hold an Exploded cache: write Compact (.tpk) or "
+                "Compact V2 (.tpkx) bundles into it, or export a cache dataset."
             )
         self.storage = storage
         self.profile = "arcgis"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import CacheError
+from ..errors import EngineBug
 from .crc32_combine import crc32_combine
 from .file_store import FileBytes
 
@@ -87,7 +87,7 @@ class _RegionHandle:
     def write(self, data: bytes) -> int:
         position = self.tell()
         if position + len(data) > self._size:
-            raise CacheError("Internal error: a package member outgrew its reserved size.")
+            raise EngineBug("a package member outgrew its reserved size.")
         last = self._segments[-1] if self._segments else None
         if last is not None and last[0] + last[1] == position:
             last[1] += len(data)
@@ -114,7 +114,7 @@ class _RegionHandle:
         while left:
             chunk = self._file.read(min(CHUNK, left))
             if not chunk:
-                raise CacheError("Internal error: a package member is shorter than reserved.")
+                raise EngineBug("a package member is shorter than reserved.")
             crc = zlib.crc32(chunk, crc)
             left -= len(chunk)
         return crc
@@ -146,7 +146,7 @@ class Region:
             self.handle.close()
 
     def discard_and_remove_target(self) -> None:
-        raise CacheError("Internal error: an empty bundle was given room in a package.")
+        raise EngineBug("an empty bundle was given room in a package.")
 
 
 class ZipWriter:
@@ -163,7 +163,7 @@ class ZipWriter:
         encoded = name.encode("ascii")
         with self._lock:
             if name in self._entries:
-                raise CacheError(f"Internal error: {name} was added to the package twice.")
+                raise EngineBug(f"{name} was added to the package twice.")
             entry = _Entry(encoded, self._end, size)
             self._entries[name] = entry
             self._end += entry.header_size + size
@@ -190,7 +190,7 @@ class ZipWriter:
         first = first or []
         unfinished = [name for name, entry in self._entries.items() if not entry.done]
         if unfinished:
-            raise CacheError(f"Internal error: package members not written: {unfinished[:3]}")
+            raise EngineBug(f"package members not written: {unfinished[:3]}")
         names = [n for n in first if n in self._entries] + sorted(
             n for n in self._entries if n not in first)
         directory = bytearray()

@@ -1,11 +1,11 @@
-"""Turning the user's LEVELS ("0-5,7") or SCALES ("591657527.59;295828763.8") into level IDs."""
+"""Turning the user's levels ("0-5,7") or scales ("591657527.59;295828763.8") into level IDs."""
 from __future__ import annotations
 
 import math
 import re
 from typing import Optional
 
-from ..errors import CacheError
+from ..errors import CacheError, Concern
 from ..grid.tiling_scheme import TilingScheme
 
 SCALE_RTOL = 1e-4
@@ -19,27 +19,42 @@ def _valid_levels(scheme: TilingScheme) -> str:
     )
 
 
-def level_ids(text: str, valid: str = "") -> set[int]:
-    """Level IDs and ranges as exportTiles' `levels`: "0-5,7" (spaces and ';' also separate)."""
-    wanted: set[int] = set()
+LevelRange = tuple[int, int]
+SHOWN_UNKNOWN = 10  # levels listed when some asked for are not in the scheme
+
+
+def level_ranges(text: str, valid: str = "") -> list[LevelRange]:
+    """Level IDs and ranges as exportTiles' `levels`: "0-5,7" (spaces and ';' also separate),
+    kept as (first, last) pairs: a range is never expanded, so "0-100000000" costs nothing."""
+    ranges: list[LevelRange] = []
     for part in re.split(r"[,;\s]+", text.strip()):
         if not part:
             continue
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        match = re.fullmatch(r"(\d{1,18})(?:-(\d{1,18}))?", part)
         if not match:
-            raise CacheError(
-                f"LEVELS: {part!r} is not a level or a range like 0-5.{valid}"
-            )
+            raise CacheError(f"{part!r} is not a level or a range like 0-5.{valid}",
+                             Concern.LEVELS)
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) is not None else first
         if last < first:
-            raise CacheError(f"LEVELS: the range {part!r} runs backwards; write {last}-{first}.")
-        wanted.update(range(first, last + 1))
-    return wanted
+            raise CacheError(f"The range {part!r} runs backwards; write {last}-{first}.",
+                             Concern.LEVELS)
+        ranges.append((first, last))
+    return ranges
+
+
+def in_ranges(level: int, ranges: list[LevelRange]) -> bool:
+    return any(first <= level <= last for first, last in ranges)
+
+
+def ranges_text(ranges: list[LevelRange]) -> str:
+    """Ranges written back as level text: [(0, 3), (7, 7)] -> "0-3,7"."""
+    return ",".join(str(first) if first == last else f"{first}-{last}"
+                    for first, last in sorted(ranges))
 
 
 def compact_levels(levels: list[int]) -> str:
-    """Sorted level IDs written back as LEVELS text, runs as ranges: [0,1,2,3,7] -> "0-3,7"."""
+    """Sorted level IDs written back as level text, runs as ranges: [0,1,2,3,7] -> "0-3,7"."""
     parts: list[str] = []
     start = previous = None
     for level in levels + [None]:
@@ -53,17 +68,26 @@ def compact_levels(levels: list[int]) -> str:
 
 
 def parse_levels(text: str, scheme: TilingScheme) -> list[int]:
-    """LEVELS text checked against the scheme's levels."""
-    wanted = level_ids(text, f" Valid levels: {_valid_levels(scheme)}.")
-    unknown = sorted(wanted - set(scheme.levels))
+    """Level text checked against the scheme's levels (ranges compared, not expanded)."""
+    ranges = level_ranges(text, f" Valid levels: {_valid_levels(scheme)}.")
+    if not ranges:
+        raise CacheError(f"No level given. Valid levels: {_valid_levels(scheme)}.", Concern.LEVELS)
+    known = set(scheme.levels)
+    unknown: list[int] = []
+    for first, last in sorted(ranges):
+        inside = sum(1 for level in known if first <= level <= last)
+        if inside < last - first + 1:
+            level = first
+            while level <= last and len(unknown) < SHOWN_UNKNOWN:
+                if level not in known and level not in unknown:
+                    unknown.append(level)
+                level += 1
     if unknown:
+        more = ",…" if len(unknown) == SHOWN_UNKNOWN else ""
         raise CacheError(
-            f"LEVELS: level(s) {','.join(map(str, unknown))} are not in the cache's tiling scheme. "
-            f"Valid levels: {_valid_levels(scheme)}."
-        )
-    if not wanted:
-        raise CacheError(f"LEVELS is empty. Valid levels: {_valid_levels(scheme)}.")
-    return sorted(wanted)
+            f"level(s) {','.join(map(str, sorted(unknown)))}{more} are not in the cache's tiling "
+            f"scheme. Valid levels: {_valid_levels(scheme)}.", Concern.LEVELS)
+    return [level for level in scheme.levels if in_ranges(level, ranges)]
 
 
 def parse_scales(text: str) -> list[float]:
@@ -76,11 +100,11 @@ def parse_scales(text: str) -> list[float]:
             value = float(number)
         except ValueError:
             raise CacheError(
-                f"SCALES: {part!r} is not a number. Give scale denominators separated by ';' "
-                "or ',', e.g. 591657527.591555;295828763.795777."
+                f"{part!r} is not a number. Give scale denominators separated by ';' "
+                "or ',', e.g. 591657527.591555;295828763.795777.", Concern.SCALES
             ) from None
         if not (value > 0 and math.isfinite(value)):
-            raise CacheError(f"SCALES: {part!r} is not a positive scale.")
+            raise CacheError(f"{part!r} is not a positive scale.", Concern.SCALES)
         values.append(value)
     return values
 
@@ -96,21 +120,21 @@ def match_scales(values: list[float], scheme: TilingScheme) -> list[int]:
         if best is None:
             valid = "; ".join(f"{lod.scale:.6f} (level {lod.level})" for lod in scheme.lods)
             raise CacheError(
-                f"SCALES: 1:{value:g} is not a scale of the cache's tiling scheme. "
-                f"Valid scales: {valid}."
+                f"1:{value:g} is not a scale of the cache's tiling scheme. "
+                f"Valid scales: {valid}.", Concern.SCALES
             )
         levels.add(best)
     if not levels:
-        raise CacheError("SCALES is empty.")
+        raise CacheError("No scale given.", Concern.SCALES)
     return sorted(levels)
 
 
 def select_levels(levels_text: str, scales_text: str, scheme: TilingScheme) -> list[int]:
-    """LEVELS or SCALES (not both); neither means every level of the scheme."""
+    """Levels or scales (not both); neither means every level of the scheme."""
     if levels_text.strip() and scales_text.strip():
         raise CacheError(
-            "Give either SCALES or LEVELS, not both: they select the same thing in two ways."
-        )
+            "Give either scales or levels, not both: they select the same thing in two ways.",
+            Concern.LEVELS)
     if levels_text.strip():
         return parse_levels(levels_text, scheme)
     if scales_text.strip():

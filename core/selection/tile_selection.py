@@ -102,6 +102,8 @@ class PolygonSelection(ExtentSelection):
     tiles are selected, and the estimate counts exactly those.
     """
 
+    fills_window = False
+
     def __init__(self, scheme: TilingScheme, polygon_wkb: bytes, clip: bool = True):
         geometry = aoi_in_cache(polygon_wkb, scheme)
         super().__init__(scheme, Extent(*geometry.bounds))

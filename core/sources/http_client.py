@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Callable, Optional, Protocol
 
-from ..errors import CacheError, EngineBug, ExportCanceled, ServiceAuthError
+from ..errors import CacheError, Concern, EngineBug, ExportCanceled, ServiceAuthError
 from ..formats.image_kind import JPEG_END, PNG_END, is_jpeg, is_png
 from .service_url import ServiceUrl
 
@@ -106,8 +106,8 @@ class FailureTally:
         return (
             f"{total} tile{'s' if total != 1 else ''} could not be downloaded after {attempts} "
             f"attempts each ({reasons}; e.g. {examples}). The export was stopped and nothing "
-            "was written. Try again later, lower NUM_OF_CACHING_SERVICE_INSTANCES or "
-            "MAX_REQUESTS_PER_SECOND, or check the service."
+            "was written. Try again later with fewer parallel requests or a lower request "
+            "rate, or check the service."
         )
 
 
@@ -301,10 +301,9 @@ def _check_http(response: HttpResponse) -> None:
     if code in AUTH_CODES:
         message = error[1] if error else f"HTTP {status}"
         raise ServiceAuthError(
-            f"The service refused access ({code}: {message}). Give a valid TOKEN or an "
-            "AUTHCFG that holds credentials for this service, and check that they have not "
-            "expired."
-        )
+            f"The service refused access ({code}: {message}). Give a valid token or "
+            "credentials for this service, and check that they have not expired.",
+            Concern.CREDENTIALS)
     if status in RETRYABLE_STATUS:
         raise _Retry(f"HTTP {status}", _retry_after(response.headers))
     if response.error and status != 404 and status < 400:

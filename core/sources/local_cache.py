@@ -5,7 +5,7 @@ import posixpath
 import zipfile
 from pathlib import Path
 
-from ..errors import CacheError
+from ..errors import CacheError, Concern
 from ..formats.conf_xml import parse_conf_cdi, parse_conf_xml
 from ..formats.file_store import DirStore, ZipStore, find_case_insensitive
 from ..formats.storage_formats import LAYOUTS
@@ -25,8 +25,8 @@ def open_cache(path: str) -> CacheSource:
     try:
         if not location.exists():
             raise CacheError(
-                f"The input {shown!r} does not exist. Check the path: INPUT_SERVICE takes a cache "
-                "dataset folder, a conf.xml, a .tpk or a .tpkx."
+                f"The input {shown!r} does not exist. Check the path: the input is a cache "
+                "dataset folder, a conf.xml, a .tpk or a .tpkx.", Concern.INPUT
             )
         if location.is_dir():
             return _open_dataset_folder(location)
@@ -63,8 +63,8 @@ def _open_dataset_folder(folder: Path) -> CacheSource:
             return _open_dataset(folder / layers, conf)
     raise CacheError(
         f"The folder {str(folder)!r} has no conf.xml (nor Layers/conf.xml), so it is not a cache "
-        "dataset. Point INPUT_SERVICE at the folder that holds conf.xml and _alllayers."
-    )
+        "dataset. Point the input at the folder that holds conf.xml and _alllayers.",
+        Concern.INPUT)
 
 
 def _dataset_name(folder: Path) -> str:

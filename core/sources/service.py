@@ -14,7 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from ..errors import CacheError, DownloadFailed, ExportCanceled, ServiceAuthError
+from ..errors import CacheError, Concern, DownloadFailed, ExportCanceled, ServiceAuthError
 from ..formats.layout import Layout, Wanted, level_folder
 from ..formats.records import PREFIX, RecordFileReader
 from ..grid.json_values import int_or
@@ -176,7 +176,8 @@ class ServiceLayout(Layout):
             if window is None:
                 raise CacheError(
                     f"The service {self.info.url} states no full extent, so the tiles of level "
-                    f"{level} cannot be listed: give an EXPORT_EXTENT or an AREA_OF_INTEREST.")
+                    f"{level} cannot be listed: give an export extent or an area of interest.",
+                    Concern.AREA)
             return window
         return limit if window is None else window.intersection(limit)
 
@@ -462,7 +463,8 @@ class DownloadedBundle(RecordFileReader):
             if client.stop.is_set():  # requests under way are left to finish on their own
                 raise ExportCanceled("The export was stopped.")
         if isinstance(failure, TileFailed):
-            raise DownloadFailed(client.tally.summary(client.policy.max_attempts))
+            raise DownloadFailed(client.tally.summary(client.policy.max_attempts),
+                                 Concern.REQUEST_RATE)
         if failure is not None:
             raise failure
 
