@@ -8,6 +8,7 @@ itself. Nothing outside ``initGui``/``unload`` may touch ``iface``.
 from qgis.core import QgsApplication
 
 from .processing_provider.provider import MapServerCacheProvider
+from .processing_provider.translation import tr
 
 ALGORITHM_ID = "mapservercache:exportmapservercache"
 
@@ -41,18 +42,18 @@ class ExportMapServerCachePlugin:
         main_window = self.iface.mainWindow()
         self.action = QAction(
             plugin_icon(),
-            "Export Map Server Cache\u2026",
+            tr("Export Map Server Cache\u2026"),
             main_window,
         )
         self.action.setObjectName("exportMapServerCacheAction")
-        self.action.setToolTip("Export the tiles of an ArcGIS map service cache")
+        self.action.setToolTip(tr("Export the tiles of an ArcGIS map service cache"))
         self.action.triggered.connect(self.run)
         self.iface.addPluginToWebMenu(self.menu_name(), self.action)
         self.iface.addWebToolBarIcon(self.action)
 
     @staticmethod
     def menu_name():
-        return "&Export Map Server Cache"
+        return tr("&Export Map Server Cache")
 
     def run(self):
         """Open the Processing dialog of the export algorithm."""

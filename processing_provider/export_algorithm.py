@@ -230,7 +230,8 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         if workers <= 0:
             workers = MAX_REQUESTS_PER_HOST if remote else auto_workers()
 
-        values = ExportParameters(self, parameters, context)
+        values = ExportParameters(
+            {d.name(): d for d in self.parameterDefinitions()}, parameters, context)
         source, transport = values.open_input(resolved, workers)
         try:
             return self._run(source, values, parameters, context, feedback, target, package,

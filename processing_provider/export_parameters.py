@@ -4,9 +4,15 @@ and the dialog's level list both read them here, each with its own parameters an
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Optional
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameters,
+)
 from qgis.PyQt.QtGui import QColor
 
 from ..core.errors import CacheError, Concern
@@ -30,36 +36,40 @@ TILE_FORMATS = ("keep", "PNG", "PNG8", "JPEG", "MIXED", "PNG24", "PNG32")
 
 
 class ExportParameters:
-    """One run's (or one dialog state's) parameter values, read through `algorithm`'s
-    declarations."""
+    """One run's (or one dialog state's) parameter values, read through the parameters'
+    definitions (the algorithm's, or the dialog fields' own: the dialog needs no algorithm).
+    A parameter without a definition reads as empty."""
 
-    def __init__(self, algorithm: QgsProcessingAlgorithm, parameters: dict,
-                 context: QgsProcessingContext):
-        self._algorithm, self._parameters, self._context = algorithm, parameters, context
+    def __init__(self, definitions: Mapping[str, QgsProcessingParameterDefinition],
+                 parameters: dict, context: QgsProcessingContext):
+        self._definitions, self._parameters, self._context = definitions, parameters, context
+
+    def _read(self, how, name: str, *more):
+        return how(self._definitions.get(name), self._parameters, self._context, *more)
 
     def _string(self, name: str) -> str:
-        return self._algorithm.parameterAsString(self._parameters, name, self._context)
+        return self._read(QgsProcessingParameters.parameterAsString, name)
 
     def _bool(self, name: str) -> bool:
-        return self._algorithm.parameterAsBool(self._parameters, name, self._context)
+        return self._read(QgsProcessingParameters.parameterAsBool, name)
 
     def _int(self, name: str) -> int:
-        return self._algorithm.parameterAsInt(self._parameters, name, self._context)
+        return self._read(QgsProcessingParameters.parameterAsInt, name)
 
     def _double(self, name: str) -> float:
-        return self._algorithm.parameterAsDouble(self._parameters, name, self._context)
+        return self._read(QgsProcessingParameters.parameterAsDouble, name)
 
     def _enum(self, name: str) -> int:
-        return self._algorithm.parameterAsEnum(self._parameters, name, self._context)
+        return self._read(QgsProcessingParameters.parameterAsEnum, name)
 
     def _color(self, name: str) -> QColor:
-        return self._algorithm.parameterAsColor(self._parameters, name, self._context)
+        return self._read(QgsProcessingParameters.parameterAsColor, name)
 
     def _source(self, name: str):
-        return self._algorithm.parameterAsSource(self._parameters, name, self._context)
+        return self._read(QgsProcessingParameters.parameterAsSource, name)
 
     def _extent(self, name: str, crs):
-        return self._algorithm.parameterAsExtent(self._parameters, name, self._context, crs)
+        return self._read(QgsProcessingParameters.parameterAsExtent, name, crs)
 
     def open_input(self, resolved: ResolvedInput, workers: int
                    ) -> tuple[CacheSource, Optional[QgisTransport]]:
@@ -68,8 +78,8 @@ class ExportParameters:
         if not is_service_url(resolved.location):
             return open_cache(resolved.location), None
         transport = QgisTransport(
-            workers, resolved.authcfg or self._string(self._algorithm.AUTHCFG) or "")
-        rate = self._double(self._algorithm.MAX_REQUESTS_PER_SECOND)
+            workers, resolved.authcfg or self._string("AUTHCFG") or "")
+        rate = self._double("MAX_REQUESTS_PER_SECOND")
         try:
             return open_service(resolved.location, transport, self.token(),
                                 FetchPolicy(requests_per_second=rate)), transport
@@ -79,8 +89,8 @@ class ExportParameters:
 
     def levels(self, scheme: TilingScheme) -> list[int]:
         """LEVELS or SCALES as the cache's level IDs (all of them when neither is given)."""
-        levels = self._string(self._algorithm.LEVELS) or ""
-        scales = self._string(self._algorithm.SCALES) or ""
+        levels = self._string("LEVELS") or ""
+        scales = self._string("SCALES") or ""
         if levels.strip() and scales.strip():
             raise QgsProcessingException(tr(
                 "Give either SCALES or LEVELS, not both: they select the same thing in two "
@@ -89,13 +99,13 @@ class ExportParameters:
 
     def selection(self, feedback, scheme: TilingScheme) -> Selection:
         """EXPORT_EXTENT or AREA_OF_INTEREST in the cache's CRS (also for the level list)."""
-        has_aoi = self._parameters.get(self._algorithm.AREA_OF_INTEREST) not in (None, "")
-        has_extent = self._parameters.get(self._algorithm.EXPORT_EXTENT) not in (None, "")
+        has_aoi = self._parameters.get("AREA_OF_INTEREST") not in (None, "")
+        has_extent = self._parameters.get("EXPORT_EXTENT") not in (None, "")
         if not has_aoi and not has_extent:
             return Selection()
         crs = cache_crs(scheme.spatial_reference)
         if has_aoi:
-            source = self._source(self._algorithm.AREA_OF_INTEREST)
+            source = self._source("AREA_OF_INTEREST")
             if source is None:
                 raise QgsProcessingException(tr(
                     "AREA_OF_INTEREST could not be opened as a vector layer."))
@@ -103,11 +113,11 @@ class ExportParameters:
                 feedback.pushWarning(tr(
                     "Both AREA_OF_INTEREST and EXPORT_EXTENT are set: the area of interest is "
                     "used and the extent ignored."))
-            clip = not self._bool(self._algorithm.DISABLE_CLIPPING)
+            clip = not self._bool("DISABLE_CLIPPING")
             polygon = aoi_wkb(source, crs, self._context, scheme.spatial_reference,
                               scheme.world_span() is not None)
             return PolygonSelection(scheme, polygon, clip)
-        rect = self._extent(self._algorithm.EXPORT_EXTENT, crs)
+        rect = self._extent("EXPORT_EXTENT", crs)
         if rect.isNull() or rect.isEmpty():
             raise QgsProcessingException(tr(
                 "EXPORT_EXTENT is empty or could not be transformed into the cache's CRS."))
@@ -116,7 +126,7 @@ class ExportParameters:
     def token(self) -> Optional[str]:
         """TOKEN as given, or read from the environment variable NAME for `env:NAME` (so that
         it does not appear on a qgis_process command line, which qgis_process echoes)."""
-        text = self._string(self._algorithm.TOKEN).strip()
+        text = self._string("TOKEN").strip()
         if not text.startswith(ENV_PREFIX):
             return text or None
         name = text[len(ENV_PREFIX):]
@@ -129,19 +139,19 @@ class ExportParameters:
     def tile_options(self) -> dict:
         """TILE_FORMAT, COMPRESSION_QUALITY, OPTIMIZE_TILES_FOR_SIZE and BACKGROUND_COLOR as
         ExportOptions fields."""
-        choice = TILE_FORMATS[self._enum(self._algorithm.TILE_FORMAT)]
+        choice = TILE_FORMATS[self._enum("TILE_FORMAT")]
         tile_format = None if choice == "keep" else choice
         quality = None
-        if self._parameters.get(self._algorithm.COMPRESSION_QUALITY) not in (None, ""):
-            quality = self._int(self._algorithm.COMPRESSION_QUALITY)
-        optimize = self._bool(self._algorithm.OPTIMIZE_TILES_FOR_SIZE)
+        if self._parameters.get("COMPRESSION_QUALITY") not in (None, ""):
+            quality = self._int("COMPRESSION_QUALITY")
+        optimize = self._bool("OPTIMIZE_TILES_FOR_SIZE")
         if optimize and quality is None:
             raise QgsProcessingException(tr(
                 "OPTIMIZE_TILES_FOR_SIZE recompresses JPEG tiles at COMPRESSION_QUALITY: give "
                 "a quality from 1 (smallest) to 100 (best), e.g. 60."))
         colour = QColor(255, 255, 255)
-        if self._parameters.get(self._algorithm.BACKGROUND_COLOR) not in (None, ""):
-            colour = self._color(self._algorithm.BACKGROUND_COLOR)
+        if self._parameters.get("BACKGROUND_COLOR") not in (None, ""):
+            colour = self._color("BACKGROUND_COLOR")
             if not colour.isValid():
                 raise QgsProcessingException(tr(
                     "BACKGROUND_COLOR is not a colour; give it as #rrggbb or r,g,b."))
@@ -167,7 +177,7 @@ class ExportParameters:
     def check_tile_limit(self, source: CacheSource, levels: list[int],
                          selection: Selection) -> None:
         """MAX_TILE_COUNT, counted as exportTiles counts: tiles of the export area."""
-        limit = self._int(self._algorithm.MAX_TILE_COUNT)
+        limit = self._int("MAX_TILE_COUNT")
         if limit <= 0:
             return
         counts = {}

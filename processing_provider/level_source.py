@@ -5,18 +5,21 @@ only, never for tiles.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
 
-from qgis.core import QgsProcessingContext, QgsProject
+from qgis.core import QgsProcessingContext, QgsProcessingParameterDefinition, QgsProject
 
 from ..core.selection.level_table import LevelRow, level_rows
 from ..core.sources.source import CacheSource
 from .export_parameters import ExportParameters
 from .input_layers import resolve_input
 from .qgis_network import QgisTransport
+from .translation import tr
 
 LIST_WORKERS = 2
+Definitions = Mapping[str, QgsProcessingParameterDefinition]
 
 
 @dataclass
@@ -25,10 +28,10 @@ class LevelSource:
     transport: Optional[QgisTransport]
 
     @classmethod
-    def open(cls, algorithm, parameters: dict) -> LevelSource:
+    def open(cls, definitions: Definitions, parameters: dict) -> LevelSource:
         context = _context()
         resolved = resolve_input(str(parameters.get("INPUT_SERVICE") or "").strip(), context)
-        return cls(*ExportParameters(algorithm, parameters, context).open_input(
+        return cls(*ExportParameters(definitions, parameters, context).open_input(
             resolved, LIST_WORKERS))
 
     @property
@@ -40,14 +43,14 @@ class LevelSource:
 
     def describe(self) -> str:
         scheme = self.source.scheme
-        kind = "Service" if self.source.is_service else scheme.storage_format.label
+        kind = tr("Service") if self.source.is_service else scheme.storage_format.label
         return (f"{kind}, {scheme.tile_format}, {scheme.tile_cols}x{scheme.tile_rows} px, "
                 f"{scheme.spatial_reference.describe()}.")
 
-    def rows(self, algorithm, parameters: dict, feedback) -> list[LevelRow]:
+    def rows(self, definitions: Definitions, parameters: dict, feedback) -> list[LevelRow]:
         scheme = self.source.scheme
-        selection = ExportParameters(algorithm, parameters, _context()).selection(feedback,
-                                                                            scheme)
+        selection = ExportParameters(definitions, parameters, _context()).selection(feedback,
+                                                                              scheme)
         return level_rows(scheme, self.source.data_extent, selection)
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..processing_provider.translation import tr
 from .text_wrapper import TextParameterWrapper
 
 PACKAGE_FILTER = "Tile packages and cache definitions (*.tpk *.tpkx conf.xml Conf.xml)"
@@ -65,16 +66,16 @@ class InputCombo(QWidget):
         self.combo.setEditable(True)
         self.combo.setObjectName("inputServiceCombo")
         self.combo.lineEdit().setPlaceholderText(
-            "A tiled layer, a MapServer/ImageServer URL, a cache folder or a .tpk/.tpkx")
+            tr("A tiled layer, a MapServer/ImageServer URL, a cache folder or a .tpk/.tpkx"))
         self.combo.setMinimumContentsLength(40)
         layout.addWidget(self.combo, 1)
         browse = QToolButton()
         browse.setText("…")
-        browse.setToolTip("Browse for a cache folder or a tile package")
+        browse.setToolTip(tr("Browse for a cache folder or a tile package"))
         browse.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(browse)
-        menu.addAction("Cache folder…", self._pick_folder)
-        menu.addAction("Tile package or conf.xml…", self._pick_file)
+        menu.addAction(tr("Cache folder…"), self._pick_folder)
+        menu.addAction(tr("Tile package or conf.xml…"), self._pick_file)
         browse.setMenu(menu)
         layout.addWidget(browse)
         self.fill(QgsProject.instance())
@@ -104,13 +105,13 @@ class InputCombo(QWidget):
             self.combo.setEditText(text)
 
     def _pick_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Cache dataset folder", self.value())
+        folder = QFileDialog.getExistingDirectory(self, tr("Cache dataset folder"), self.value())
         if folder:
             self.set_value(folder)
 
     def _pick_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Tile package or conf.xml", self.value(),
-                                              PACKAGE_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, tr("Tile package or conf.xml"), self.value(),
+                                              tr(PACKAGE_FILTER))
         if path:
             self.set_value(path)
 

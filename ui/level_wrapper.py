@@ -34,6 +34,7 @@ from ..core.selection.levels import (
     level_ranges,
     ranges_text,
 )
+from ..processing_provider.translation import tr
 from .text_wrapper import TextParameterWrapper
 
 WATCHED = ("INPUT_SERVICE", "EXPORT_EXTENT", "AREA_OF_INTEREST", "AUTHCFG", "TOKEN")
@@ -53,32 +54,32 @@ class LevelChecklist(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         self.tree = QTreeWidget()
         self.tree.setObjectName("levelList")
-        self.tree.setHeaderLabels(COLUMNS)
+        self.tree.setHeaderLabels([tr(column) for column in COLUMNS])
         self.tree.setRootIsDecorated(False)
         self.tree.setAlternatingRowColors(True)
         self.tree.setMinimumHeight(220)
         self.tree.header().setStretchLastSection(False)
         layout.addWidget(self.tree)
         buttons = QHBoxLayout()
-        self.all_button = QPushButton("Select all")
-        self.none_button = QPushButton("Clear")
+        self.all_button = QPushButton(tr("Select all"))
+        self.none_button = QPushButton(tr("Clear"))
         self.all_button.clicked.connect(lambda: self.check(lambda level: True))
         self.none_button.clicked.connect(lambda: self.check(lambda level: False))
         buttons.addWidget(self.all_button)
         buttons.addWidget(self.none_button)
         buttons.addStretch(1)
-        buttons.addWidget(QLabel("Levels"))
+        buttons.addWidget(QLabel(tr("Levels")))
         self.first = QSpinBox()
         self.last = QSpinBox()
         buttons.addWidget(self.first)
         buttons.addWidget(QLabel("to"))
         buttons.addWidget(self.last)
-        self.range_button = QPushButton("Select range")
+        self.range_button = QPushButton(tr("Select range"))
         self.range_button.clicked.connect(lambda: self.check(
             lambda level: self.first.value() <= level <= self.last.value()))
         buttons.addWidget(self.range_button)
         layout.addLayout(buttons)
-        self.status = QLabel("Choose an input to list its levels. None checked = all levels.")
+        self.status = QLabel(tr("Choose an input to list its levels. None checked = all levels."))
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
         self.changed: Callable[[], None] = lambda: None
@@ -103,7 +104,7 @@ class LevelChecklist(QWidget):
             if row.level not in present:
                 item.setForeground(0, self.palette().color(QPalette.ColorGroup.Disabled,
                                                           QPalette.ColorRole.Text))
-                item.setToolTip(0, "The input has no tiles at this level")
+                item.setToolTip(0, tr("The input has no tiles at this level"))
             self.tree.addTopLevelItem(item)
         self.tree.blockSignals(False)
         for column in range(len(COLUMNS)):
@@ -179,26 +180,27 @@ class LevelListWrapper(TextParameterWrapper):
                                                                      "TOKEN"))
         if not key[0]:
             widget.set_rows([], set())
-            widget.status.setText("Choose an input to list its levels.")
+            widget.status.setText(tr("Choose an input to list its levels."))
             return
-        algorithm = self.dialog.algorithm() if hasattr(self.dialog, "algorithm") else None
+        definitions = {name: wrapper.parameterDefinition()
+                       for name, wrapper in self._watched.items()}
         try:
             if self._opened is None or self._opened[0] != key:
                 if self._opened is not None:
                     self._opened[1].close()
                     self._opened = None
-                widget.status.setText("Reading the input's levels…")
-                self._opened = (key, LevelSource.open(algorithm, parameters))
+                widget.status.setText(tr("Reading the input's levels…"))
+                self._opened = (key, LevelSource.open(definitions, parameters))
             source = self._opened[1]
-            rows = source.rows(algorithm, parameters, QgsProcessingFeedback())
+            rows = source.rows(definitions, parameters, QgsProcessingFeedback())
         except Exception as exc:  # shown to the user; the run reports it again in full
             widget.set_rows([], set())
-            widget.status.setText(f"Cannot list the levels: {exc}")
+            widget.status.setText(tr("Cannot list the levels: {}").format(exc))
             return
         widget.set_rows(rows, source.present_levels)
-        widget.status.setText(source.describe() + " Tiles: in the export extent or area of "
-                              "interest (the data extent without one). None checked = all "
-                              "levels.")
+        widget.status.setText(source.describe() + tr(
+            " Tiles: in the export extent or area of interest (the data extent without one). "
+            "None checked = all levels."))
 
     def _close(self, *_) -> None:
         if self._opened is not None:
