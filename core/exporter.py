@@ -6,6 +6,7 @@ a bundle file. Only the bundle list of the export is held in memory, never a lev
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -27,6 +28,8 @@ from .pixels.composer import PixelOptions
 from .pixels.tile_image import DEFAULT_JPEG_QUALITY, TileEncoding
 from .selection.tile_selection import Selection
 from .sources.source import CacheSource
+
+LOG = logging.getLogger(__name__)
 
 MAX_AUTO_WORKERS = 8
 
@@ -116,6 +119,7 @@ class Exporter:
                 f"at the chosen levels ({_levels_text(self.levels)}); nothing was written."
                 + _describe_extent(self.source)
             )
+        LOG.info("%d bundles to visit at levels %s.", len(tasks), _levels_text(self.levels))
         target = self._target()
         try:
             if target.existing is not None and _same_place(self.source, target):

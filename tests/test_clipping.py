@@ -4,8 +4,8 @@ The expected masks are rasterised here with GDAL (`gdal.RasterizeLayer` onto in-
 laid on the cache's tile grid in EPSG:3857; GDAL burns the pixels whose centre is inside, the
 plugin's rule), from polygons transformed vertex by vertex with OGR/OSR. Outputs are read back
 with the engine's reader (`read_all_tiles`) or GDAL's ESRIC driver and decoded with PIL. The
-plugin's clipping code (core.clip_mask, core.selection, core.tile_image, core.tile_composer) is
-never used for an expected value.
+plugin's clipping code (core.selection.scanline_mask, core.selection.tile_selection,
+core.pixels.tile_image, core.pixels.composer) is never used for an expected value.
 
 A pixel where the plugin's mask and GDAL's disagree is accepted only within one pixel of the GDAL
 mask's edge (dilate XOR erode of the mask, 8-neighbourhood), and only a few such pixels.

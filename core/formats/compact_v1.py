@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..errors import CorruptCacheError
 from ..grid.tiling_scheme import PACKET_SIZE, StorageFormat
@@ -14,6 +14,25 @@ from .records import RecordFileReader, RecordFileWriter
 
 SLOTS = PACKET_SIZE * PACKET_SIZE
 HEADER = struct.Struct("<4I3Q5I")
+
+
+class V1Header(NamedTuple):
+    """The 60-byte `.bundle` header's fields, in file order (esri-formats §2.3)."""
+
+    version: int  # 3
+    record_count: int  # 16,384
+    largest_record: int
+    offset_bytes: int  # 5
+    size_table_bytes: int  # 4 x tiles stored
+    file_size: int
+    user_header_offset: int  # 40
+    user_header_size: int  # 16: the four words below
+    row_min: int
+    row_max: int
+    col_min: int
+    col_max: int
+
+
 SIZE_TABLE = 4 * SLOTS
 DATA_START = HEADER.size + SIZE_TABLE  # 65,596
 INDEX_HEADER = struct.pack("<4I", 3, 16, SLOTS, 5)
@@ -40,11 +59,11 @@ class BundleV1Reader(RecordFileReader):
             index.close()
         if bundle.size < HEADER.size:
             raise CorruptCacheError(f"{bundle.name}: too short for a Compact V1 bundle.")
-        version, records, _, offset_bytes = HEADER.unpack(bundle.pread(0, HEADER.size))[:4]
-        if version != 3 or records != SLOTS or offset_bytes != 5:
+        header = V1Header(*HEADER.unpack(bundle.pread(0, HEADER.size)))
+        if header.version != 3 or header.record_count != SLOTS or header.offset_bytes != 5:
             raise CorruptCacheError(
-                f"{bundle.name}: not a Compact V1 bundle header (version {version}, records "
-                f"{records}, offset size {offset_bytes})."
+                f"{bundle.name}: not a Compact V1 bundle header (version {header.version}, "
+                f"records {header.record_count}, offset size {header.offset_bytes})."
             )
         self._offsets = [int.from_bytes(raw[i : i + 5], "little") for i in range(0, len(raw), 5)]
         self._sizes: dict[int, int] = {}
@@ -94,10 +113,11 @@ class BundleV1Writer(RecordFileWriter):
             self._bundle.discard_and_remove_target()
             self._index_file.discard_and_remove_target()
             return 0
-        header = HEADER.pack(
-            3, SLOTS, self._largest, 5, 4 * self.count, self._end, 40, 16,
-            self._brow, self._brow + PACKET_SIZE - 1, self._bcol, self._bcol + PACKET_SIZE - 1,
-        )
+        header = HEADER.pack(*V1Header(
+            version=3, record_count=SLOTS, largest_record=self._largest, offset_bytes=5,
+            size_table_bytes=4 * self.count, file_size=self._end, user_header_offset=40,
+            user_header_size=16, row_min=self._brow, row_max=self._brow + PACKET_SIZE - 1,
+            col_min=self._bcol, col_max=self._bcol + PACKET_SIZE - 1))
         self._bundle.handle.seek(0)
         self._bundle.handle.write(header)
         index = bytearray(INDEX_HEADER)

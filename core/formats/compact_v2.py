@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..errors import CorruptCacheError
 from ..grid.tiling_scheme import PACKET_SIZE, StorageFormat
@@ -18,6 +18,26 @@ from .records import RecordFileReader, RecordFileWriter
 
 SLOTS = PACKET_SIZE * PACKET_SIZE
 HEADER = struct.Struct("<4I3Q6I")
+
+
+class V2Header(NamedTuple):
+    """The 64-byte header's fields, in file order (esri-formats §3)."""
+
+    version: int  # 3
+    record_count: int  # 16,384 by the whitepaper, 0 as ArcGIS writes it
+    largest_record: int
+    offset_bytes: int  # 5
+    slack_space: int  # 0
+    file_size: int
+    user_header_offset: int  # 40
+    user_header_size: int  # 131,092: the 20 bytes below and the index
+    legacy_version: int  # 3
+    legacy_16: int  # 16 by the whitepaper, 0 as ArcGIS writes it
+    legacy_records: int  # 16,384
+    legacy_offset_bytes: int  # 5
+    index_size: int  # 131,072
+
+
 INDEX_SIZE = 8 * SLOTS
 DATA_START = HEADER.size + INDEX_SIZE  # 131,136
 USER_HEADER_SIZE = 20 + INDEX_SIZE  # 131,092
@@ -37,12 +57,12 @@ class BundleV2Reader(RecordFileReader):
                 f"{source.name}: {source.size} bytes is too short for a Compact V2 bundle "
                 f"(at least {DATA_START})."
             )
-        header = HEADER.unpack(source.pread(0, HEADER.size))
-        version, _, _, offset_bytes, _, _, user_offset = header[:7]
-        if version != 3 or offset_bytes != 5 or user_offset != 40 or header[-1] != INDEX_SIZE:
+        header = V2Header(*HEADER.unpack(source.pread(0, HEADER.size)))
+        if (header.version != 3 or header.offset_bytes != 5 or header.user_header_offset != 40
+                or header.index_size != INDEX_SIZE):
             raise CorruptCacheError(
-                f"{source.name}: not a Compact V2 bundle header (version {version}, offset size "
-                f"{offset_bytes}, index size {header[-1]})."
+                f"{source.name}: not a Compact V2 bundle header (version {header.version}, "
+                f"offset size {header.offset_bytes}, index size {header.index_size})."
             )
         self._index = array("Q", source.pread(HEADER.size, INDEX_SIZE))
         if array("H", [1]).tobytes() != b"\x01\x00":
@@ -91,12 +111,13 @@ class BundleV2Writer(RecordFileWriter):
         if not self.count:
             self._file.discard_and_remove_target()
             return 0
-        if self._profile == "arcgis":
-            header = (3, 0, max(USER_HEADER_SIZE, self._largest), 5, 0, self._end, 40,
-                      USER_HEADER_SIZE, 3, 0, SLOTS, 5, INDEX_SIZE)
-        else:
-            header = (3, SLOTS, self._largest, 5, 0, self._end, 40,
-                      USER_HEADER_SIZE, 3, 16, SLOTS, 5, INDEX_SIZE)
+        arcgis = self._profile == "arcgis"
+        header = V2Header(
+            version=3, record_count=0 if arcgis else SLOTS,
+            largest_record=max(USER_HEADER_SIZE, self._largest) if arcgis else self._largest,
+            offset_bytes=5, slack_space=0, file_size=self._end, user_header_offset=40,
+            user_header_size=USER_HEADER_SIZE, legacy_version=3, legacy_16=0 if arcgis else 16,
+            legacy_records=SLOTS, legacy_offset_bytes=5, index_size=INDEX_SIZE)
         handle = self._file.handle
         handle.seek(0)
         handle.write(HEADER.pack(*header))

@@ -5,6 +5,7 @@ failures are retried with exponential backoff, jitter and `Retry-After`, within 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import threading
@@ -18,6 +19,8 @@ from typing import Callable, Optional, Protocol
 from ..errors import CacheError, Concern, EngineBug, ExportCanceled, ServiceAuthError
 from ..formats.image_kind import JPEG_END, PNG_END, is_jpeg, is_png
 from .service_url import ServiceUrl
+
+LOG = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 AUTH_CODES = frozenset({401, 403, 498, 499})
@@ -217,6 +220,8 @@ class ServiceClient:
                 if retry.retry_after is not None:
                     delay = max(delay, min(retry.retry_after, self.policy.retry_after_cap))
                 if retry.retry_after is not None or retry.reason == "HTTP 429":
+                    LOG.info("The service asked to slow down (%s): all requests pause %.1f s.",
+                             retry.reason, delay)
                     self.throttle.pause(delay)  # the server asked everybody to slow down
                 if self.stop.wait(delay):
                     raise ExportCanceled("The export was stopped.") from None

@@ -1,6 +1,7 @@
 """Opening whatever the user points at as a cache: a dataset folder, a conf.xml, a .tpk, a .tpkx."""
 from __future__ import annotations
 
+import logging
 import posixpath
 import zipfile
 from pathlib import Path
@@ -13,6 +14,8 @@ from ..grid.tiling_scheme import StorageFormat
 from .service_json import load_json, scheme_from_service_json
 from .service_url import redacted
 from .source import CacheSource, LocalCache, safe_name
+
+LOG = logging.getLogger(__name__)
 
 PACKAGE_SUFFIXES = (".tpk", ".tpkx")
 
@@ -81,6 +84,9 @@ def _open_dataset(folder: Path, conf_name: str) -> CacheSource:
         raise CacheError(f"The cache {str(folder)!r} has conf.xml but no _alllayers folder.")
     cdi = find_case_insensitive(names, "conf.cdi")
     extent = parse_conf_cdi(store.read(cdi), str(folder / cdi)) if cdi else None
+    if extent is None:
+        LOG.info("%s has no conf.cdi: its data extent is unknown, so the export area is the "
+                 "tiles of its bundles.", folder)
     return LocalCache(
         name=_dataset_name(folder),
         scheme=scheme,
