@@ -25,6 +25,7 @@ class Concern(enum.Enum):
     TILE_FORMAT = "tile format"
     REQUEST_RATE = "request rate"
     CREDENTIALS = "credentials"
+    TARGET = "target"
 
 
 class CacheError(Exception):

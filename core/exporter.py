@@ -20,7 +20,15 @@ from .export.bundle_job import BundleJob, BundleResult
 from .export.plan import plan_bundles
 from .export.pool import run_pool
 from .export.progress import ExportProgress
-from .export.targets import DatasetTarget, Finish, PackageTarget, Target
+from .export.target_lock import TargetLock
+from .export.targets import (
+    DatasetTarget,
+    Finish,
+    PackageTarget,
+    Target,
+    check_writable,
+    target_location,
+)
 from .grid.extent import Extent
 from .grid.spatial_reference import geographic_extent
 from .grid.tiling_scheme import StorageFormat, TileRange, TilingScheme
@@ -120,7 +128,15 @@ class Exporter:
                 + _describe_extent(self.source)
             )
         LOG.info("%d bundles to visit at levels %s.", len(tasks), _levels_text(self.levels))
-        target = self._target()
+        name = self.options.name or self.source.name
+        check_writable(self.options.target_dir)
+        with TargetLock(target_location(self.options.target_dir, name, self.options.storage,
+                                        self.options.package)):
+            return self._export_into(self._target(), tasks, started)
+
+    def _export_into(self, target: Target, tasks: list[tuple[int, int, int]], started: float
+                     ) -> ExportResult:
+        """The export proper, under the target's lock."""
         try:
             if target.existing is not None and _same_place(self.source, target):
                 raise CacheError("The target is the input cache itself; choose another target.")

@@ -53,7 +53,15 @@ class Finish:
     deferred_removals: list = field(default_factory=list)
 
 
-def _check_writable(folder: Path) -> None:
+def target_location(target_dir: Path, name: str, storage: StorageFormat, package: bool
+                    ) -> Path:
+    """The dataset folder or the package file an export writes."""
+    if not package:
+        return target_dir / name
+    return target_dir / (name + (".tpkx" if storage is StorageFormat.COMPACT_V2 else ".tpk"))
+
+
+def check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
@@ -131,8 +139,8 @@ class DatasetTarget(Target):
     def __init__(self, target_dir: Path, name: str, storage: StorageFormat, staged: bool,
                  scheme: TilingScheme, levels: list[int]):
         self.storage = storage
-        _check_writable(target_dir)
-        self._folder = target_dir / name
+        check_writable(target_dir)
+        self._folder = target_location(target_dir, name, storage, package=False)
         self.output_path = self._folder / "Layers"
         self._stage: Optional[Path] = None
         if (self.output_path / "conf.xml").exists():
@@ -217,8 +225,8 @@ class PackageTarget(Target):
         self._v2 = storage is StorageFormat.COMPACT_V2
         self._name = name
         self._prefix = "tile" if self._v2 else "v101/Layers/_alllayers"
-        _check_writable(target_dir)
-        self.output_path = target_dir / (name + (".tpkx" if self._v2 else ".tpk"))
+        check_writable(target_dir)
+        self.output_path = target_location(target_dir, name, storage, package=True)
         if self.output_path.exists():
             self.existing = _open_existing(self.output_path)
             _check_scheme(scheme.with_storage(storage), self.existing, levels)
