@@ -72,7 +72,7 @@ class LevelChecklist(QWidget):
         self.first = QSpinBox()
         self.last = QSpinBox()
         buttons.addWidget(self.first)
-        buttons.addWidget(QLabel("to"))
+        buttons.addWidget(QLabel(tr("to")))
         buttons.addWidget(self.last)
         self.range_button = QPushButton(tr("Select range"))
         self.range_button.clicked.connect(lambda: self.check(

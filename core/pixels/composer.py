@@ -36,7 +36,7 @@ COPYABLE = {
 
 @dataclass(frozen=True)
 class PixelOptions:
-    """The export's pixel-level choices (from OVERWRITE, TILE_FORMAT, OPTIMIZE_TILES_FOR_SIZE)."""
+    """The export's pixel-level choices: overwrite or merge, the tile encoding, optimizing."""
 
     encoding: TileEncoding
     source_format: str  # the input cache's declared tile format
