@@ -14,6 +14,7 @@ import argparse
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -40,7 +41,12 @@ PACKAGE = "export_map_server_cache"
 SERVICES_PATH = "/arcgis/rest/services"
 SERVICE_TYPES = ("MapServer", "ImageServer")
 CURRENT_VERSION = 10.91
-FAULTS = ("500", "503", "429", "json200", "html", "truncated", "short", "hang", "notimage")
+FAULTS = ("500", "503", "429", "json200", "html", "truncated", "short", "hang", "notimage",
+          "endless", "oversized", "huge_length", "gzip_bomb", "trickle")
+HOSTILE = FAULTS[-5:]  # bodies no honest server sends: endless, too big, a lie, a bomb, a trickle
+OVERSIZED_BYTES = 32 << 20
+HUGE_LENGTH = 2 << 30
+BOMB_BYTES = 1 << 30  # decoded size of the gzip bomb (about 1 MB sent)
 # How a tilemap window is answered (esri-formats §7.3 leaves room): the whole window; clipped to the
 # top-left tile's bundle (the spec), to a smaller block (`tilemap_block`), or to the level's grid.
 TILEMAP_CLIPS = ("window", "bundle", "block", "grid")
@@ -185,6 +191,7 @@ class _Reply:
     content_type: str
     headers: dict[str, str] = field(default_factory=dict)
     declared_length: Optional[int] = None  # a Content-Length larger than the body ("short")
+    hostile: Optional[str] = None  # one of HOSTILE: how _send misbehaves after the headers
 
 
 @dataclass(frozen=True)
@@ -599,6 +606,8 @@ class ArcGISRestServer:
             return _error(500, str(exc))
         if reply.status == 200 and fault in ("notimage", "truncated", "short"):
             reply = _damaged(reply, fault)
+        if reply.status == 200 and fault in HOSTILE:
+            reply = _Reply(200, reply.body, reply.content_type, reply.headers, hostile=fault)
         return reply
 
     def _tile(
@@ -699,6 +708,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _send(self, reply: _Reply) -> None:
+        if reply.hostile is not None:
+            self._send_hostile(reply)
+            return
         length = len(reply.body) if reply.declared_length is None else reply.declared_length
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
@@ -709,6 +721,46 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(reply.body)
         if reply.declared_length is not None:
             self.close_connection = True
+
+    def _send_hostile(self, reply: _Reply) -> None:
+        """A tile's headers, then a body meant to exhaust the client (memory, time): sent until
+        the client hangs up or the server stops."""
+        owner, kind = self.server.owner, reply.hostile
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", reply.content_type)
+        if kind == "gzip_bomb":
+            body = _gzip_bomb()
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+        elif kind == "oversized":
+            body = reply.body + bytes(OVERSIZED_BYTES - len(reply.body))
+            self.send_header("Content-Length", str(len(body)))
+        elif kind == "huge_length":
+            body = reply.body
+            self.send_header("Content-Length", str(HUGE_LENGTH))
+        elif kind == "trickle":
+            body = reply.body
+            self.send_header("Content-Length", str(len(body)))
+        else:  # endless: no length, the connection's end would end the body
+            body = b""
+        self.end_headers()
+        self.wfile.flush()
+        if kind == "trickle":
+            for byte in body:
+                if owner._stopping.wait(1.0):
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            return
+        self.wfile.write(body)
+        if kind == "endless":
+            chunk = reply.body + bytes(1 << 16)
+            while not owner._stopping.is_set():
+                self.wfile.write(chunk)
+        elif kind == "huge_length":
+            self.wfile.flush()
+            owner._stopping.wait(owner.options.hang_seconds)
 
     def log_message(self, format: str, *args) -> None:
         """Quiet: the RequestLog records requests; stderr would drown test and bench output."""
@@ -760,6 +812,14 @@ def _fault_reply(fault: str, options: ServerOptions) -> _Reply:
         body = {"error": {"code": 500, "message": "Error exporting tile", "details": []}}
         return _Reply(200, _dumps(body), "text/plain;charset=utf-8")
     return _Reply(200, FAULT_HTML, "text/html; charset=utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def _gzip_bomb() -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
+    zeros = bytes(1 << 20)
+    parts = [compressor.compress(zeros) for _ in range(BOMB_BYTES >> 20)]
+    return b"".join(parts) + compressor.flush()
 
 
 def _missing_tile(body: str) -> _Reply:

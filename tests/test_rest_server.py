@@ -4,6 +4,7 @@ it offers must look exactly as specified."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import importlib.util
 import io
@@ -745,3 +746,52 @@ def test_command_line(tmp_path, fixtures_dir, tiles):
         capture_output=True, text=True, timeout=30,
     )
     assert named.returncode == 2 and "--name needs exactly one CACHE" in named.stderr
+
+
+def _raw_tile(srv, path: str, read_for: float) -> tuple[bytes, bytes, float]:
+    """Headers and what the body sent within `read_for` seconds (at most 40 MB), by a raw
+    socket, and the seconds it took: http.client would wait for a lying Content-Length."""
+    import socket
+
+    url = urlsplit(srv.service_url("world_map") + path)
+    started = time.monotonic()
+    with socket.create_connection((url.hostname, url.port), timeout=read_for) as sock:
+        sock.sendall(f"GET {url.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        with contextlib.suppress(TimeoutError, socket.timeout):
+            while len(data) < 40 << 20 and time.monotonic() - started < read_for:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body, time.monotonic() - started
+
+
+def test_hostile_bodies_are_what_they_say(srv, tiles):
+    """The faults that attack a client's memory and patience (issue 13, item 6)."""
+    import gzip
+    import re as regex
+
+    tile = tiles["world_map"][(1, 1, 0)]
+    srv.options.fault_fraction, srv.options.hang_seconds = 1.0, 3
+    srv.options.fault = "endless"
+    head, body, _ = _raw_tile(srv, "/tile/1/1/0", 10)
+    assert b"content-length" not in head.lower() and len(body) >= 40 << 20
+    assert body.startswith(tile)
+    srv.options.fault = "oversized"
+    head, body, _ = _raw_tile(srv, "/tile/1/1/1", 10)
+    assert f"Content-Length: {32 << 20}".encode() in head and len(body) == 32 << 20
+    srv.options.fault = "huge_length"
+    head, body, seconds = _raw_tile(srv, "/tile/1/0/0", 2)
+    assert f"Content-Length: {2 << 30}".encode() in head and 0 < len(body) < 1 << 20
+    assert seconds >= 2  # then silence
+    srv.options.fault = "gzip_bomb"
+    head, body, _ = _raw_tile(srv, "/tile/1/0/1", 30)
+    assert b"Content-Encoding: gzip" in head and len(body) < 2 << 20
+    assert len(gzip.decompress(body)) == 1 << 30
+    srv.options.fault = "trickle"
+    head, body, seconds = _raw_tile(srv, "/tile/2/1/1", 3.5)
+    length = int(regex.search(rb"Content-Length: (\d+)", head).group(1))
+    assert length == len(tiles["world_map"][(2, 1, 1)]) > 10
+    assert 2 <= len(body) <= 4  # a byte a second
