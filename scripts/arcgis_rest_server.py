@@ -372,6 +372,7 @@ class _Service:
             supportedImageFormatTypes=scheme.tile_format,
             exportTilesAllowed=options.export_tiles_allowed,
             maxExportTilesCount=options.max_export_tiles_count,
+            exportTileCacheCompactV2Allowed=options.export_tiles_allowed,
         )
         if self.kind == "ImageServer":
             data.update(serviceDataType="esriImageServiceDataTypeRGB", bandCount=3)

@@ -99,6 +99,14 @@ class ExportJobs:
             return 400, _error(400, "Unable to complete operation.", [str(exc)])
         return 200, {"totalTilesToExport": tiles, "totalSize": size}
 
+    def all(self) -> list[Job]:
+        """Every job, in the order they were submitted (tests)."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def finished(self) -> list[Job]:
+        return [job for job in self.all() if job.status == "esriJobSucceeded"]
+
     def job(self, job_id: str) -> Optional[Job]:
         return self._jobs.get(job_id)
 
