@@ -372,7 +372,7 @@ class _Service:
             supportedImageFormatTypes=scheme.tile_format,
             exportTilesAllowed=options.export_tiles_allowed,
             maxExportTilesCount=options.max_export_tiles_count,
-            exportTileCacheCompactV2Allowed=options.export_tiles_allowed,
+            exportTileCacheCompactV2Allowed=True,  # its jobs make .tpkx as well as .tpk
         )
         if self.kind == "ImageServer":
             data.update(serviceDataType="esriImageServiceDataTypeRGB", bandCount=3)

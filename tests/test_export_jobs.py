@@ -5,6 +5,7 @@ server's side, failures and cancels reach both ends, a dropped download is resum
 """
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -269,3 +270,61 @@ def test_qgis_process_exports_by_a_job(serve, cache, tmp_path, run_qgis_process)
     assert "Export method: the server's exportTiles job" in done.stdout
     assert len(read_output(tmp_path / "out" / "jobcache.tpkx", "tpkx")) == 84
     assert job_calls(server)["exportTiles"] == 1
+
+
+def aoi_layer(wkt: str):
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+    layer = QgsVectorLayer("Polygon?crs=EPSG:3857", "aoi", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromWkt(wkt))
+    layer.dataProvider().addFeatures([feature])
+    return layer
+
+
+@pytest.mark.parametrize("kind", ["dataset-v2", "tpkx"])
+def test_an_area_of_interest_is_sent_and_clipped_as_the_tile_path_clips(serve, cache, tmp_path,
+                                                                        kind):
+    box = web_mercator_scheme().range_extent(8, TileRange(96, 104, 120, 140))
+    w, h = box.xmax - box.xmin, box.ymax - box.ymin
+    wkt = (f"POLYGON(({box.xmin + 0.1 * w} {box.ymin + 0.2 * h}, {box.xmin + 0.9 * w} "
+           f"{box.ymin + 0.1 * h}, {box.xmin + 0.5 * w} {box.ymin + 0.93 * h}, "
+           f"{box.xmin + 0.1 * w} {box.ymin + 0.2 * h}))")
+    by_job, by_tiles, server = both_ways(serve, cache, tmp_path, kind, LEVELS="8",
+                                         AREA_OF_INTEREST=aoi_layer(wkt))
+    tiles = read_output(by_job, kind)
+    assert tiles and tiles == read_output(by_tiles, kind)
+    sent = json.loads(server.jobs.submitted[0]["areaOfInterest"])
+    assert sent["features"][0]["geometry"]["spatialReference"]["wkid"] in (3857, 102100)
+    assert len(sent["features"][0]["geometry"]["rings"][0]) == 4
+
+
+def test_a_service_without_compact_v2_jobs_gives_a_tpk_made_into_the_asked_tpkx(
+        serve, cache, tmp_path):
+    server = serve({"jobcache": cache}, export_tiles_allowed=True,
+                   json_overrides={"exportTileCacheCompactV2Allowed": False})
+    result = run_export({"INPUT_SERVICE": server.service_url("jobcache"), "LEVELS": "0-3",
+                         "TARGET_CACHE_PATH": str(tmp_path / "out"), "EXPORT_CACHE_TYPE": 1,
+                         "EXPORT_METHOD": JOB, "LOAD_RESULT": False})
+    assert server.jobs.submitted[0]["storageFormatType"] == "esriMapCacheStorageModeCompact"
+    assert Path(result["OUTPUT_CACHE_PATH"]).suffix == ".tpkx"
+    assert len(read_output(Path(result["OUTPUT_CACHE_PATH"]), "tpkx")) == 84
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_a_long_area_of_interest_is_posted(serve, cache, tmp_path):
+    import math
+
+    box = web_mercator_scheme().range_extent(8, TileRange(96, 104, 120, 140))
+    cx, cy = (box.xmin + box.xmax) / 2, (box.ymin + box.ymax) / 2
+    radius = 0.4 * (box.ymax - box.ymin)
+    points = [(cx + radius * math.cos(a / 200 * 2 * math.pi),
+               cy + radius * math.sin(a / 200 * 2 * math.pi)) for a in range(200)]
+    wkt = "POLYGON((" + ",".join(f"{x} {y}" for x, y in [*points, points[0]]) + "))"
+    by_job, by_tiles, server = both_ways(serve, cache, tmp_path, "dataset-v2", LEVELS="8",
+                                         AREA_OF_INTEREST=aoi_layer(wkt))
+    assert read_output(by_job, "dataset-v2") == read_output(by_tiles, "dataset-v2")
+    submits = [e for e in server.log.entries() if e.path.endswith("/exportTiles")]
+    assert [e.method for e in submits] == ["POST"]
+    assert len(json.loads(server.jobs.submitted[0]["areaOfInterest"])["features"][0]
+               ["geometry"]["rings"][0]) == 201
