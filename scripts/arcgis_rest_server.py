@@ -951,6 +951,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--fault-attempts", type=int, default=1,
                         help="requests per faulty tile that fail before it is served")
     parser.add_argument("--ready-file", help="write the first service URL here when listening")
+    parser.add_argument("--export-tiles", action="store_true",
+                        help="exportTilesAllowed: run exportTiles jobs (export_tiles_jobs.py)")
+    parser.add_argument("--max-export-tiles", type=int, default=100000,
+                        help="maxExportTilesCount: the most tiles one job may export")
+    parser.add_argument("--job-latency", type=float, default=0.0,
+                        help="seconds a job waits before it builds its package")
     parser.add_argument("--request-log", help="on exit, write every request answered here "
                         "(JSON lines: started, finished, kind, status, path, query)")
     args = parser.parse_args(argv)
@@ -979,6 +985,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         fault=args.fault,
         fault_fraction=args.fault_fraction if args.fault else 0.0,
         fault_attempts=args.fault_attempts,
+        export_tiles_allowed=args.export_tiles,
+        max_export_tiles_count=args.max_export_tiles,
+        job_latency=args.job_latency,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
