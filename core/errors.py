@@ -21,6 +21,7 @@ class Concern(enum.Enum):
     INPUT = "input"
     LEVELS = "levels"
     SCALES = "scales"
+    RESOLUTIONS = "resolutions"
     AREA = "area"
     TILE_FORMAT = "tile format"
     REQUEST_RATE = "request rate"

@@ -36,6 +36,7 @@ from ..qgis_compat import (
     SOURCE_VECTOR_POLYGON,
 )
 from .engine_log import engine_log_to
+from .export_jobs import EXPORT_METHODS, choose_method, estimate_by_job, export_by_jobs
 from .export_parameters import TILE_FORMATS, ExportParameters, user_message
 from .help_text import HELP
 from .input_layers import resolve_input
@@ -75,6 +76,8 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
     OPTIMIZE_TILES_FOR_SIZE = "OPTIMIZE_TILES_FOR_SIZE"
     BACKGROUND_COLOR = "BACKGROUND_COLOR"
     LOAD_RESULT = "LOAD_RESULT"
+    EXPORT_METHOD = "EXPORT_METHOD"
+    RESOLUTIONS = "RESOLUTIONS"
     OUTPUT_CACHE_PATH = "OUTPUT_CACHE_PATH"
     TILE_COUNT = "TILE_COUNT"
     BYTE_COUNT = "BYTE_COUNT"
@@ -177,6 +180,14 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self.LOAD_RESULT,
             self.tr("Add the exported cache to the map (Compact V2 datasets; .tpkx "
             "with GDAL 3.8 or newer)"), defaultValue=True, optional=True))
+        self.addParameter(_advanced(QgsProcessingParameterEnum(
+            self.EXPORT_METHOD, self.tr("Export method (services)"),
+            options=[self.tr(method) for method in EXPORT_METHODS], defaultValue=0,
+            optional=True)))
+        self.addParameter(_advanced(QgsProcessingParameterString(
+            self.RESOLUTIONS,
+            self.tr("Resolutions (map units per pixel separated by ';'; instead of levels)"),
+            optional=True)))
         self.addOutput(QgsProcessingOutputFile(
             self.OUTPUT_CACHE_PATH, self.tr("Exported cache (Layers folder or package file)")))
         self.addOutput(QgsProcessingOutputNumber(
@@ -256,10 +267,21 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             values.check_tile_limit(source, levels, selection)
         feedback.pushInfo(tr("Levels: {}").format(",".join(map(str, levels))))
         estimate_only = self.parameterAsBool(parameters, self.ESTIMATE_ONLY, context)
+        by_job, why = choose_method(
+            self.parameterAsEnum(parameters, self.EXPORT_METHOD, context), source)
+        if source.is_service:
+            feedback.pushInfo(tr("Export method: {} ({}).").format(
+                tr("the server's exportTiles job") if by_job else tr("tile requests"), why))
+        if by_job and estimate_only:
+            counted = estimate_by_job(source, levels, selection, feedback)
+            if counted is not None:
+                feedback.pushInfo(tr("ESTIMATE_ONLY is set: nothing was written."))
+                return {self.TARGET_CACHE_PATH: target, self.OUTPUT_CACHE_PATH: "",
+                        self.TILE_COUNT: counted[0], self.BYTE_COUNT: counted[1]}
         expected = None
         # a download starts with its estimate (the tilemaps it reads serve the export too); a
         # local copy reads its bundle indexes once, while copying, and reports at the end
-        if source.is_service or estimate_only:
+        if (source.is_service and not by_job) or estimate_only:
             estimates = self._estimate(source, levels, selection, feedback)
             expected = {e.level: e.tiles for e in estimates}
             if estimate_only:
@@ -280,6 +302,14 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             geographic_extent=values.lonlat(crs_extent, scheme),
             **values.tile_options(),
         )
+        if by_job:
+            result = export_by_jobs(
+                source, levels, selection, options,
+                self.parameterAsInt(parameters, self.NUM_OF_CACHING_SERVICE_INSTANCES, context),
+                selection.polygon is not None and not self.parameterAsBool(
+                    parameters, self.DISABLE_CLIPPING, context), feedback)
+            return self._finish(source, result, parameters, context, feedback, target,
+                                storage, package)
         feedback.pushInfo((tr("Concurrent requests: {}") if source.is_service
                            else tr("Workers: {}")).format(options.workers))
         result = Exporter(
@@ -289,6 +319,12 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             report=feedback.pushInfo,
             expected=expected,
         ).run()
+        return self._finish(source, result, parameters, context, feedback, target, storage,
+                            package)
+
+    def _finish(self, source: CacheSource, result, parameters, context, feedback, target,
+                storage, package) -> dict:
+        """The export's report, the layer to load and the outputs."""
         for level in result.levels:
             feedback.pushInfo(tr("Level {}: {} tiles, {} bytes").format(
                 level.level, level.tiles, level.bytes))

@@ -88,14 +88,15 @@ class ExportParameters:
             raise
 
     def levels(self, scheme: TilingScheme) -> list[int]:
-        """LEVELS or SCALES as the cache's level IDs (all of them when neither is given)."""
+        """LEVELS, SCALES or RESOLUTIONS as the cache's level IDs (all levels when none is
+        given)."""
         levels = self._string("LEVELS") or ""
         scales = self._string("SCALES") or ""
         if levels.strip() and scales.strip():
             raise QgsProcessingException(tr(
                 "Give either SCALES or LEVELS, not both: they select the same thing in two "
                 "ways."))
-        return select_levels(levels, scales, scheme)
+        return select_levels(levels, scales, scheme, self._string("RESOLUTIONS") or "")
 
     def selection(self, feedback, scheme: TilingScheme) -> Selection:
         """EXPORT_EXTENT or AREA_OF_INTEREST in the cache's CRS (also for the level list)."""
@@ -209,6 +210,7 @@ PARAMETERS_OF = {
     Concern.INPUT: "INPUT_SERVICE",
     Concern.LEVELS: "LEVELS",
     Concern.SCALES: "SCALES",
+    Concern.RESOLUTIONS: "RESOLUTIONS",
     Concern.AREA: "EXPORT_EXTENT / AREA_OF_INTEREST",
     Concern.TILE_FORMAT: "TILE_FORMAT",
     Concern.REQUEST_RATE: "NUM_OF_CACHING_SERVICE_INSTANCES / MAX_REQUESTS_PER_SECOND",

@@ -74,5 +74,11 @@ JPEG tiles (default white).</p>
 <p><b>Add the result to the map</b> (LOAD_RESULT): when the export is done, add a Compact V2
 cache dataset (and a .tpkx where QGIS's GDAL is 3.8 or newer) to the map through GDAL; other
 outputs get a message saying how to view them.</p>
+<p><b>Export method</b> (EXPORT_METHOD, services): automatic (the server's own exportTiles job
+where the service allows it, else tile requests), the server's exportTiles job, or tile
+requests. A job's package is downloaded and made the output asked for; past the service's
+maxExportTilesCount the export runs as several jobs merged into one output.</p>
+<p><b>Resolutions</b> (RESOLUTIONS): map units per pixel separated by ';', instead of levels or
+scales.</p>
 <p>Outputs: OUTPUT_CACHE_PATH (the Layers folder or the package file), TILE_COUNT (tiles
 exported or estimated) and BYTE_COUNT (bytes of tile data).</p>"""

@@ -21,6 +21,7 @@ from qgis.core import (
     QgsNetworkRequestParameters,
 )
 from qgis.PyQt.QtCore import (
+    QByteArray,
     QCoreApplication,
     QEventLoop,
     QRunnable,
@@ -142,6 +143,15 @@ class QgisTransport:
             _RETIRED.append(self._pool)
 
     def get(self, url: str, headers: dict[str, str]) -> HttpResponse:
+        return self._request(url, headers, None)
+
+    def post(self, url: str, form: bytes, headers: dict[str, str]) -> HttpResponse:
+        """A form POST (QgsBlockingNetworkRequest.post): an exportTiles job whose area of
+        interest is too long for a URL."""
+        return self._request(url, {**headers, "Content-Type":
+                                   "application/x-www-form-urlencoded"}, form)
+
+    def _request(self, url: str, headers: dict[str, str], form) -> HttpResponse:
         if self._canceled.is_set():
             return HttpResponse(None, {}, b"", "canceled")
         request = QNetworkRequest(QUrl.fromEncoded(url.encode("ascii")))
@@ -154,7 +164,8 @@ class QgisTransport:
         blocking = QgsBlockingNetworkRequest()
         if self._authcfg:
             blocking.setAuthCfg(self._authcfg)
-        code = blocking.get(request, True)  # never a stale tile from a cache
+        code = (blocking.get(request, True) if form is None  # never a stale tile from a cache
+                else blocking.post(request, QByteArray(form), True))
         reply = blocking.reply()
         status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
         error = reply.error()

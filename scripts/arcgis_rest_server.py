@@ -39,6 +39,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "export_map_server_cache"
 SERVICES_PATH = "/arcgis/rest/services"
+DIRECTORIES_PATH = "/arcgis/rest/directories/arcgisoutput"
 SERVICE_TYPES = ("MapServer", "ImageServer")
 CURRENT_VERSION = 10.91
 FAULTS = ("500", "503", "429", "json200", "html", "truncated", "short", "hang", "notimage",
@@ -82,6 +83,10 @@ local_cache = _core_module("sources.local_cache")
 package_metadata = _core_module("formats.package_metadata")
 errors = _core_module("errors")
 tiling_scheme = _core_module("grid.tiling_scheme")
+_jobs_spec = importlib.util.spec_from_file_location(
+    "export_tiles_jobs", Path(__file__).resolve().parent / "export_tiles_jobs.py")
+export_tiles_jobs = sys.modules["export_tiles_jobs"] = importlib.util.module_from_spec(_jobs_spec)
+_jobs_spec.loader.exec_module(export_tiles_jobs)
 PACKET = tiling_scheme.PACKET_SIZE  # tiles per bundle side (esri-formats §0)
 
 
@@ -108,6 +113,11 @@ class ServerOptions:
     token: Optional[str] = None
     export_tiles_allowed: bool = False
     max_export_tiles_count: int = 100000
+    job_latency: float = 0.0  # exportTiles jobs (scripts/export_tiles_jobs.py)
+    job_failure: Optional[str] = None
+    job_hosted: bool = False
+    download_token: Optional[str] = None
+    drop_downloads: int = 0
     json_overrides: dict = field(default_factory=dict)
     seed: int = 1
 
@@ -196,7 +206,7 @@ class _Reply:
 
 @dataclass(frozen=True)
 class _Route:
-    kind: str  # "service" | "tile" | "tilemap" | "other"
+    kind: str  # "service" | "tile" | "tilemap" | "job" | "download" | "other"
     service: Optional[_Service] = None
     args: tuple[str, ...] = ()
     folder: Optional[str] = None  # a catalog request ("" = the root)
@@ -369,6 +379,7 @@ class _Service:
             supportedImageFormatTypes=scheme.tile_format,
             exportTilesAllowed=options.export_tiles_allowed,
             maxExportTilesCount=options.max_export_tiles_count,
+            exportTileCacheCompactV2Allowed=True,  # its jobs make .tpkx as well as .tpk
         )
         if self.kind == "ImageServer":
             data.update(serviceDataType="esriImageServiceDataTypeRGB", bandCount=3)
@@ -457,6 +468,7 @@ class ArcGISRestServer:
         self._stopping = threading.Event()
         self._httpd: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
+        self.jobs = export_tiles_jobs.ExportJobs(_core_module, lambda: self.options, self._pause)
 
     def start(self) -> ArcGISRestServer:
         """Open the caches and listen; returns self so `server = ArcGISRestServer(...).start()`."""
@@ -492,6 +504,7 @@ class ArcGISRestServer:
         self._httpd.drop_connections()
         self._thread.join()
         self.log._wait_idle(5.0)
+        self.jobs.close()
         for service in self._services.values():
             service.close()
         self._httpd = self._thread = None
@@ -520,6 +533,9 @@ class ArcGISRestServer:
     # Request handling (called from the handler threads).
 
     def _route(self, path: str) -> _Route:
+        if path.startswith(DIRECTORIES_PATH + "/"):
+            return _Route("download", args=tuple(
+                unquote(p) for p in path[len(DIRECTORIES_PATH) + 1:].split("/") if p))
         if path != SERVICES_PATH and not path.startswith(SERVICES_PATH + "/"):
             return _Route("other")
         parts = [unquote(p) for p in path[len(SERVICES_PATH):].split("/") if p]
@@ -533,6 +549,8 @@ class ArcGISRestServer:
                     return _Route("service", service)
                 if rest[0] in ("tile", "tilemap"):
                     return _Route(rest[0], service, tuple(rest[1:]))
+                if rest[0] in ("exportTiles", "estimateExportTilesSize", "jobs"):
+                    return _Route("job", service, tuple(rest))
                 return _Route("other", service)
         folder = "/".join(parts)
         return _Route("other", folder=folder if folder in ("", *self._folders) else None)
@@ -564,6 +582,10 @@ class ArcGISRestServer:
             return _json(data, pretty)
         if route.kind in ("tile", "tilemap"):
             return self._tile_answer(route, query, options, pretty)
+        if route.kind == "job":
+            return self._job_answer(route, query, headers, pretty)
+        if route.kind == "download":
+            return self._download(route.args, query, headers)
         if route.folder is not None:
             return _json(self._catalog(route.folder), pretty)
         return _error(404, "Not Found")
@@ -627,6 +649,70 @@ class ArcGISRestServer:
             return _Reply(200, service.blank, "image/png", {"blank-tile": "true"})
         return _missing_tile(options.missing_tile_body)
 
+    def _job_answer(self, route: _Route, query: dict[str, str], headers: HTTPMessage,
+                    pretty: bool) -> _Reply:
+        """exportTiles, estimateExportTilesSize and jobs/<id>[/cancel|/results/<name>]."""
+        jobs, args = self.jobs, route.args
+        if args[0] == "exportTiles":
+            status, data = jobs.submit(route.service, query)
+            return _json(data, pretty) if status == 200 else _Reply(
+                200, _dumps(data), JSON_TYPE)  # ArcGIS answers errors with HTTP 200
+        if args[0] == "estimateExportTilesSize":
+            status, data = jobs.estimate(route.service, query)
+            return _json(data, pretty)
+        job = jobs.job(args[1]) if len(args) > 1 else None
+        if job is None or job.service is not route.service:
+            return _json({"error": {"code": 400, "message": "Invalid or missing input "
+                                    "parameters.", "details": ["Job not found."]}})
+        folder_url = f"http://{headers.get('Host')}{DIRECTORIES_PATH}/{job.id}"
+        if args[2:] == ("cancel",):
+            return _json(jobs.cancel(job), pretty)
+        if args[2:] == ("results", "out_service_url") and job.status == "esriJobSucceeded":
+            return _json({"paramName": "out_service_url", "dataType": "GPString",
+                          "value": folder_url}, pretty)
+        if len(args) == 2:
+            data = job.json()
+            if self.options.job_hosted and job.status == "esriJobSucceeded":
+                data.pop("results", None)
+                name = job.file.name if job.file is not None else ""
+                data["output"] = {"outputUrl": [f"{folder_url}/{name}"]}
+            return _json(data, pretty)
+        return _error(404, "Not Found")
+
+    def _download(self, args: tuple[str, ...], query: dict[str, str], headers: HTTPMessage
+                  ) -> _Reply:
+        """The job's output folder (f=json: its listing) and its files, with HTTP Range; a
+        download is cut halfway while `drop_downloads` says so."""
+        job = self.jobs.job(args[0]) if args else None
+        if job is None or job.folder is None:
+            return _error(404, "Not Found")
+        wanted = self.options.download_token
+        if wanted is not None:
+            header = (headers.get("X-Esri-Authorization") or "").split(None, 1)
+            given = {query.get("token", ""), header[1].strip() if len(header) == 2 else ""}
+            if wanted not in given:
+                return _json({"error": {"code": 499, "message": "Token Required",
+                                        "details": []}})
+        if len(args) == 1:
+            return _json(self.jobs.listing(job))
+        path = self.jobs.file(job, list(args[1:]))
+        if path is None:
+            return _error(404, "Not Found")
+        data = path.read_bytes()
+        start, status, extra = 0, 200, {"Accept-Ranges": "bytes"}
+        asked = (headers.get("Range") or "").strip()
+        if asked.startswith("bytes=") and asked[6:].split("-")[0].isdigit():
+            start = int(asked[6:].split("-")[0])
+            if start >= len(data):
+                return _error(416, "Range Not Satisfiable")
+            status = 206
+            extra["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        body = data[start:]
+        if self.jobs.take_drop():  # the connection drops after half of the body
+            return _Reply(status, body[:len(body) // 2], "application/octet-stream", extra,
+                          declared_length=len(body))
+        return _Reply(status, body, "application/octet-stream", extra)
+
     def _pause(self, seconds: float) -> bool:
         """Sleep unless the server stops meanwhile; False if it did."""
         return seconds <= 0 or not self._stopping.wait(seconds)
@@ -669,12 +755,19 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 60  # idle keep-alive connections end eventually
     server: _HTTPServer
 
-    def do_GET(self) -> None:
+    def do_POST(self) -> None:
+        """A form-encoded POST (clients post a long exportTiles areaOfInterest) is answered
+        like a GET with the form's fields in the query."""
+        length = int(self.headers.get("Content-Length") or 0)
+        self.do_GET(self.rfile.read(length).decode("utf-8") if length else "")
+
+    def do_GET(self, form: str = "") -> None:
         owner = self.server.owner
         started = time.monotonic()
         owner.log._begin()
         url = urlsplit(self.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
+        query.update(parse_qsl(form, keep_blank_values=True))
         route = owner._route(url.path)
         reply, status = None, 500
         try:
@@ -918,6 +1011,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--fault-attempts", type=int, default=1,
                         help="requests per faulty tile that fail before it is served")
     parser.add_argument("--ready-file", help="write the first service URL here when listening")
+    parser.add_argument("--export-tiles", action="store_true",
+                        help="exportTilesAllowed: run exportTiles jobs (export_tiles_jobs.py)")
+    parser.add_argument("--max-export-tiles", type=int, default=100000,
+                        help="maxExportTilesCount: the most tiles one job may export")
+    parser.add_argument("--job-latency", type=float, default=0.0,
+                        help="seconds a job waits before it builds its package")
     parser.add_argument("--request-log", help="on exit, write every request answered here "
                         "(JSON lines: started, finished, kind, status, path, query)")
     args = parser.parse_args(argv)
@@ -946,6 +1045,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         fault=args.fault,
         fault_fraction=args.fault_fraction if args.fault else 0.0,
         fault_attempts=args.fault_attempts,
+        export_tiles_allowed=args.export_tiles,
+        max_export_tiles_count=args.max_export_tiles,
+        job_latency=args.job_latency,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -91,5 +91,6 @@ def service_json_of_dataset(layers: Path, capabilities: str = "Map,Tilemap") -> 
         "fullExtent": {**extent, "spatialReference": sr},
         "initialExtent": {**extent, "spatialReference": sr},
         "minLOD": lods[0]["level"], "maxLOD": lods[-1]["level"],
-        "exportTilesAllowed": True, "maxExportTilesCount": 100000,
+        # a replayed service runs no exportTiles jobs: its replies are tiles and JSON only
+        "exportTilesAllowed": False, "maxExportTilesCount": 100000,
     }

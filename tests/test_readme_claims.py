@@ -294,12 +294,12 @@ def test_byte_count_of_an_update_is_the_bytes_it_wrote(kind, byte_caches, tmp_pa
 def test_a_download_logs_export_tiles_allowed_and_max_count_before_it_starts(serve, tmp_path,
                                                                             allowed, limit):
     """README: "Every download logs the service's `exportTilesAllowed` and
-    `maxExportTilesCount`, then per-level tile counts ... and the estimated size, before it
-    starts"."""
+    `maxExportTilesCount` ...; a download by tile requests then logs per-level tile counts ...
+    and the estimated size, before it starts"."""
     server = serve({"world": SAMPLE}, export_tiles_allowed=allowed,
                    max_export_tiles_count=limit)
     feedback = recording_feedback()
-    run({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-2",
+    run({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-2", "EXPORT_METHOD": 2,
          "TARGET_CACHE_PATH": str(tmp_path)}, feedback)
     lines = feedback.infos
     service = [i for i, line in enumerate(lines) if line.startswith("Service: ")]

@@ -1,4 +1,5 @@
-"""Turning the user's levels ("0-5,7") or scales ("591657527.59;295828763.8") into level IDs."""
+"""Turning the user's levels ("0-5,7"), scales ("591657527.59;295828763.8") or resolutions (map
+units per pixel, "156543.03;78271.52") into level IDs."""
 from __future__ import annotations
 
 import math
@@ -91,6 +92,16 @@ def parse_levels(text: str, scheme: TilingScheme) -> list[int]:
 
 
 def parse_scales(text: str) -> list[float]:
+    return _parse_numbers(text, "scale denominators", "591657527.591555;295828763.795777",
+                          Concern.SCALES)
+
+
+def parse_resolutions(text: str) -> list[float]:
+    return _parse_numbers(text, "resolutions (map units per pixel)",
+                          "156543.033928;78271.516964", Concern.RESOLUTIONS)
+
+
+def _parse_numbers(text: str, what: str, example: str, concern: Concern) -> list[float]:
     values = []
     for part in _SEPARATORS.split(text.strip()):
         if not part:
@@ -100,13 +111,29 @@ def parse_scales(text: str) -> list[float]:
             value = float(number)
         except ValueError:
             raise CacheError(
-                f"{part!r} is not a number. Give scale denominators separated by ';' "
-                "or ',', e.g. 591657527.591555;295828763.795777.", Concern.SCALES
-            ) from None
+                f"{part!r} is not a number. Give {what} separated by ';' or ',', e.g. "
+                f"{example}.", concern) from None
         if not (value > 0 and math.isfinite(value)):
-            raise CacheError(f"{part!r} is not a positive scale.", Concern.SCALES)
+            raise CacheError(f"{part!r} is not a positive number.", concern)
         values.append(value)
     return values
+
+
+def match_resolutions(values: list[float], scheme: TilingScheme) -> list[int]:
+    """Each resolution to the LOD whose resolution is within a relative 1e-4 of it."""
+    levels = set()
+    for value in values:
+        matches = [lod.level for lod in scheme.lods
+                   if math.isclose(lod.resolution, value, rel_tol=SCALE_RTOL)]
+        if not matches:
+            valid = "; ".join(f"{lod.resolution:.6f} (level {lod.level})" for lod in scheme.lods)
+            raise CacheError(
+                f"{value:g} map units per pixel is not a resolution of the cache's tiling "
+                f"scheme. Valid resolutions: {valid}.", Concern.RESOLUTIONS)
+        levels.add(matches[-1])
+    if not levels:
+        raise CacheError("No resolution given.", Concern.RESOLUTIONS)
+    return sorted(levels)
 
 
 def match_scales(values: list[float], scheme: TilingScheme) -> list[int]:
@@ -129,12 +156,18 @@ def match_scales(values: list[float], scheme: TilingScheme) -> list[int]:
     return sorted(levels)
 
 
-def select_levels(levels_text: str, scales_text: str, scheme: TilingScheme) -> list[int]:
-    """Levels or scales (not both); neither means every level of the scheme."""
+def select_levels(levels_text: str, scales_text: str, scheme: TilingScheme,
+                  resolutions_text: str = "") -> list[int]:
+    """Levels, scales or resolutions (one of them); none means every level of the scheme."""
     if levels_text.strip() and scales_text.strip():
         raise CacheError(
             "Give either scales or levels, not both: they select the same thing in two ways.",
             Concern.LEVELS)
+    if resolutions_text.strip():
+        if levels_text.strip() or scales_text.strip():
+            raise CacheError("Give resolutions, scales or levels, only one of them: they "
+                             "select the same thing in different ways.", Concern.RESOLUTIONS)
+        return match_resolutions(parse_resolutions(resolutions_text), scheme)
     if levels_text.strip():
         return parse_levels(levels_text, scheme)
     if scales_text.strip():

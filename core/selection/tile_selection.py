@@ -32,6 +32,9 @@ class Selection:
     """Every tile of `window(level)` is selected (a rectangle); False for a polygon, whose
     window only bounds it: counting then needs `count_in` or `area_share`."""
 
+    polygon = None
+    """The area of interest (a shapely geometry in the cache's CRS) where there is one."""
+
     def area_share(self) -> float:
         """The selected share of the window (to scale tile counts of huge windows)."""
         return 1.0
@@ -120,6 +123,11 @@ class PolygonSelection(ExtentSelection):
         if prepared is None:
             prepared = self._per_thread.geometry = prep(self._shape)
         return prepared
+
+    @property
+    def polygon(self):
+        """The area of interest in the cache's CRS (a shapely geometry), e.g. to send it on."""
+        return self._shape
 
     def area_share(self) -> float:
         """The polygon's share of its bounding box."""

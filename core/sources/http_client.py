@@ -47,6 +47,10 @@ class Transport(Protocol):
     def get(self, url: str, headers: dict[str, str]) -> HttpResponse:
         """One blocking GET; only called from inside functions given to `submit`."""
 
+    def post(self, url: str, form: bytes, headers: dict[str, str]) -> HttpResponse:
+        """One blocking POST of a form-encoded body (an exportTiles job with a long area of
+        interest); like `get`, only called from inside functions given to `submit`."""
+
     def submit(self, fn: Callable, *args) -> Future:
         """Run `fn(*args)` on one of the transport's network threads."""
 
@@ -179,6 +183,20 @@ class ServiceClient:
                 "service is running."
             ) from None
 
+    def json_at(self, url: str, what: str, form: Optional[bytes] = None) -> dict:
+        """A JSON resource at an absolute URL (a job's output folder), or the answer to a form
+        POSTed there; the token goes as a header, as for every request."""
+        try:
+            return self.transport.result(self.transport.submit(
+                self._with_retries, url, what, _check_json, SERVICE_ATTEMPTS, form))
+        except TileFailed as exc:
+            raise CacheError(f"{what} did not answer usably: {exc.reason}.") from None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers every request carries (the token's), for a download made elsewhere."""
+        return dict(self._headers)
+
     def tile(self, level: int, row: int, col: int) -> Optional[bytes]:
         """The tile's bytes, None when the service has no such tile (404 or blank tile).
         Runs on a network thread (see `Transport.submit`)."""
@@ -199,13 +217,14 @@ class ServiceClient:
     # -- retries ---------------------------------------------------------------------------
 
     def _with_retries(self, url: str, what: str, check: Callable[[HttpResponse], object],
-                      attempts: int = 0):
+                      attempts: int = 0, form: Optional[bytes] = None):
         attempts = min(attempts or self.policy.max_attempts, self.policy.max_attempts)
         for attempt in range(1, attempts + 1):
             if self.stop.is_set():
                 raise ExportCanceled("The export was stopped.")
             self.throttle.wait_turn()
-            response = self.transport.get(url, self._headers)
+            response = (self.transport.get(url, self._headers) if form is None
+                        else self.transport.post(url, form, self._headers))
             with self.count_lock:
                 self.requests += 1
             if self.stop.is_set():

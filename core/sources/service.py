@@ -40,6 +40,7 @@ class ServiceInfo:
     min_level: int
     max_level: int
     tile_format: str
+    compact_v2_allowed: Optional[bool] = None  # exportTileCacheCompactV2Allowed: .tpkx jobs
 
     def describe(self) -> str:
         allowed = {True: "allowed", False: "not allowed", None: "not stated"}[
@@ -119,6 +120,9 @@ def _describe(service: dict, url: ServiceUrl) -> tuple[TilingScheme, ServiceInfo
         min_level=min_level,
         max_level=max_level,
         tile_format=scheme.tile_format,
+        compact_v2_allowed=(service.get("exportTileCacheCompactV2Allowed")
+                            if isinstance(service.get("exportTileCacheCompactV2Allowed"), bool)
+                            else None),
     )
     return scheme, info
 
