@@ -29,6 +29,7 @@ from .selection.tile_selection import Selection
 from .sources.source import CacheSource
 
 MAX_AUTO_WORKERS = 8
+DAMAGED_EXAMPLES = 3  # damaged tiles named per level in the log
 
 
 @dataclass
@@ -45,6 +46,7 @@ class ExportOptions:
     quality: Optional[int] = None  # JPEG quality of new tiles; None: the cache's, else 75
     optimize: bool = False  # recompress JPEG tiles at `quality` where that makes them smaller
     background: tuple[int, int, int] = (255, 255, 255)  # outside pixels where no alpha
+    fail_on_damaged: bool = False  # a damaged input tile fails the run (else: left out)
 
 
 @dataclass
@@ -53,6 +55,8 @@ class LevelResult:
     tiles: int = 0
     bytes: int = 0
     bundles: int = 0
+    damaged: int = 0  # input tiles left out as damaged
+    damaged_examples: list[str] = field(default_factory=list)  # a few, "R12 C34: why"
 
 
 @dataclass
@@ -138,6 +142,7 @@ class Exporter:
                     f"chosen levels ({_levels_text(self.levels)}); nothing was written."
                     + _describe_extent(self.source)
                 )
+            self._report_damaged(per_level)
             self._describe(finish, per_level, extent, ranges)
             if self._is_canceled():
                 raise ExportCanceled("The export was canceled; the target was left unchanged.")
@@ -167,6 +172,11 @@ class Exporter:
             summary.tiles += result.tiles
             summary.bytes += result.bytes
             summary.bundles += 1 if result.tiles else 0
+            summary.damaged += len(result.damaged)
+            for (row, col), why in sorted(result.damaged.items()):
+                if len(summary.damaged_examples) >= DAMAGED_EXAMPLES:
+                    break
+                summary.damaged_examples.append(f"row {row} col {col}: {why}")
             if result.touched:
                 finish.touched.add((result.level, result.brow, result.bcol))
             finish.deferred_removals.extend(result.removals)
@@ -175,6 +185,14 @@ class Exporter:
                 tile_extent = self.source.scheme.range_extent(result.level, result.tile_range)
                 extent = tile_extent.union(extent)
         return per_level, finish, extent, ranges
+
+    def _report_damaged(self, per_level: dict[int, LevelResult]) -> None:
+        """A line per level that had damaged input tiles (left out of the output)."""
+        for summary in per_level.values():
+            if summary.damaged:
+                self._report(
+                    f"Level {summary.level}: {summary.damaged} damaged tile(s) of the input left "
+                    f"out, e.g. {'; '.join(summary.damaged_examples)}.")
 
     def _describe(self, finish: Finish, per_level: dict[int, LevelResult],
                   extent: Optional[Extent], ranges: dict[int, TileRange]) -> None:
@@ -227,6 +245,13 @@ class Exporter:
         tiles_done: Counter = Counter()
 
         def on_result(result: BundleResult) -> None:
+            if result.damaged and self.options.fail_on_damaged:
+                (row, col), why = sorted(result.damaged.items())[0]
+                raise CacheError(
+                    f"The input has damaged tiles: {len(result.damaged)} in the bundle of level "
+                    f"{result.level} at row {result.brow}, column {result.bcol} (row {row} col "
+                    f"{col}: {why}). FAIL_ON_DAMAGED_TILES is set, so the export stopped and the "
+                    "target was left unchanged; clear it to export without the damaged tiles.")
             results.append(result)
             if result.touched:
                 target.bundle_done(result.level, result.brow, result.bcol)

@@ -75,6 +75,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
     OPTIMIZE_TILES_FOR_SIZE = "OPTIMIZE_TILES_FOR_SIZE"
     BACKGROUND_COLOR = "BACKGROUND_COLOR"
     LOAD_RESULT = "LOAD_RESULT"
+    FAIL_ON_DAMAGED_TILES = "FAIL_ON_DAMAGED_TILES"
     OUTPUT_CACHE_PATH = "OUTPUT_CACHE_PATH"
     TILE_COUNT = "TILE_COUNT"
     BYTE_COUNT = "BYTE_COUNT"
@@ -177,6 +178,10 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self.LOAD_RESULT,
             self.tr("Add the exported cache to the map (Compact V2 datasets; .tpkx "
             "with GDAL 3.8 or newer)"), defaultValue=True, optional=True))
+        self.addParameter(_advanced(QgsProcessingParameterBoolean(
+            self.FAIL_ON_DAMAGED_TILES,
+            self.tr("Fail on damaged tiles (else they are left out and reported per level)"),
+            defaultValue=False, optional=True)))
         self.addOutput(QgsProcessingOutputFile(
             self.OUTPUT_CACHE_PATH, self.tr("Exported cache (Layers folder or package file)")))
         self.addOutput(QgsProcessingOutputNumber(
@@ -277,6 +282,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
                 parameters, self.COPY_DATA_FROM_SERVER, context),
             workers=workers,
             geographic_extent=values.lonlat(crs_extent, scheme),
+            fail_on_damaged=self.parameterAsBool(parameters, self.FAIL_ON_DAMAGED_TILES, context),
             **values.tile_options(),
         )
         feedback.pushInfo((tr("Concurrent requests: {}") if source.is_service

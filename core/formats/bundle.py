@@ -17,6 +17,11 @@ class BundleReader(ABC):
     def present(self) -> list[tuple[int, int]]:
         """(row, col) of the tiles the bundle holds, in row-major order."""
 
+    def invalid(self) -> dict[tuple[int, int], str]:
+        """Tiles the index lists at records that cannot be right (outside the data, overlapping
+        another): left out of `present()`, reported as damaged."""
+        return {}
+
     @abstractmethod
     def read(self, row: int, col: int) -> bytes:
         """The bytes of a present tile."""

@@ -19,9 +19,10 @@ def _valid_levels(scheme: TilingScheme) -> str:
     )
 
 
-def level_ids(text: str, valid: str = "") -> set[int]:
-    """Level IDs and ranges as exportTiles' `levels`: "0-5,7" (spaces and ';' also separate)."""
-    wanted: set[int] = set()
+def level_ranges(text: str, valid: str = "") -> list[tuple[int, int]]:
+    """LEVELS text as exportTiles' `levels` ("0-5,7"; spaces and ';' also separate): the
+    (first, last) ranges as written, never expanded (0-100000000 costs nothing)."""
+    ranges = []
     for part in re.split(r"[,;\s]+", text.strip()):
         if not part:
             continue
@@ -34,8 +35,14 @@ def level_ids(text: str, valid: str = "") -> set[int]:
         last = int(match.group(2)) if match.group(2) is not None else first
         if last < first:
             raise CacheError(f"LEVELS: the range {part!r} runs backwards; write {last}-{first}.")
-        wanted.update(range(first, last + 1))
-    return wanted
+        ranges.append((first, last))
+    return ranges
+
+
+def level_ids(text: str, among: range = range(0, 100)) -> set[int]:
+    """The levels of LEVELS text that lie `among` the possible ones (for the level picker)."""
+    ranges = level_ranges(text)
+    return {level for level in among if any(first <= level <= last for first, last in ranges)}
 
 
 def compact_levels(levels: list[int]) -> str:
@@ -53,16 +60,24 @@ def compact_levels(levels: list[int]) -> str:
 
 
 def parse_levels(text: str, scheme: TilingScheme) -> list[int]:
-    """LEVELS text checked against the scheme's levels."""
-    wanted = level_ids(text, f" Valid levels: {_valid_levels(scheme)}.")
-    unknown = sorted(wanted - set(scheme.levels))
+    """LEVELS text checked against the scheme's levels, range by range."""
+    valid = f" Valid levels: {_valid_levels(scheme)}."
+    ranges = level_ranges(text, valid)
+    known = set(scheme.levels)
+    wanted = {level for level in known if any(first <= level <= last for first, last in ranges)}
+    unknown: list[str] = []
+    for first, last in ranges:
+        inside = sum(first <= level <= last for level in known)
+        if inside < last - first + 1:
+            missing = next(lv for lv in range(first, last + 1) if lv not in known)
+            unknown.append(str(first) if first == last else f"{missing} (in {first}-{last})")
     if unknown:
         raise CacheError(
-            f"LEVELS: level(s) {','.join(map(str, unknown))} are not in the cache's tiling scheme. "
-            f"Valid levels: {_valid_levels(scheme)}."
+            f"LEVELS: level(s) {','.join(unknown[:10])} are not in the cache's tiling scheme."
+            f"{valid}"
         )
     if not wanted:
-        raise CacheError(f"LEVELS is empty. Valid levels: {_valid_levels(scheme)}.")
+        raise CacheError(f"LEVELS is empty.{valid}")
     return sorted(wanted)
 
 
