@@ -74,5 +74,9 @@ JPEG tiles (default white).</p>
 <p><b>Add the result to the map</b> (LOAD_RESULT): when the export is done, add a Compact V2
 cache dataset (and a .tpkx where QGIS's GDAL is 3.8 or newer) to the map through GDAL; other
 outputs get a message saying how to view them.</p>
+<p><b>Fail on damaged tiles</b> (FAIL_ON_DAMAGED_TILES): every copied tile is checked (a PNG
+must end with IEND, a JPEG with EOI; an index entry must point at the bundle's data). Damaged
+tiles are left out and counted per level in the log; with this option the export stops instead
+and the target is left unchanged.</p>
 <p>Outputs: OUTPUT_CACHE_PATH (the Layers folder or the package file), TILE_COUNT (tiles
 exported or estimated) and BYTE_COUNT (bytes of tile data).</p>"""

@@ -206,6 +206,9 @@ class BundleJob:
                 writer.abort()
             else:
                 writer.commit()
+        except _Damaged:
+            writer.abort_to_rewrite()
+            raise
         except BaseException:
             writer.abort()
             raise

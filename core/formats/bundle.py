@@ -71,3 +71,8 @@ class BundleWriter(ABC):
     @abstractmethod
     def abort(self) -> None:
         """Leave nothing of the bundle behind."""
+
+    def abort_to_rewrite(self) -> None:
+        """`abort`, for the same bundle to be written again at once (without its damaged
+        tiles): a package member's reserved name and room are given back."""
+        self.abort()

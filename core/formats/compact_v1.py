@@ -127,6 +127,11 @@ class BundleV1Writer(RecordFileWriter):
         self._bundle.abort()
         self._index_file.abort()
 
+    def abort_to_rewrite(self) -> None:
+        self.abort()
+        self._bundle.release()
+        self._index_file.release()
+
 
 class CompactV1Layout(BundledLayout):
     storage = StorageFormat.COMPACT

@@ -120,6 +120,10 @@ class BundleV2Writer(RecordFileWriter):
     def abort(self) -> None:
         self._file.abort()
 
+    def abort_to_rewrite(self) -> None:
+        self._file.abort()
+        self._file.release()
+
 
 class CompactV2Layout(BundledLayout):
     storage = StorageFormat.COMPACT_V2
