@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 from .errors import CacheError, ExportCanceled
 from .export.bundle_job import BundleJob, BundleResult
+from .export.disk_space import check_free_space, stored_bytes
 from .export.plan import plan_bundles
 from .export.pool import run_pool
 from .export.progress import ExportProgress
@@ -92,13 +93,15 @@ class Exporter:
         is_canceled: Optional[Callable[[], bool]] = None,
         report: Optional[Callable[[str], None]] = None,
         expected: Optional[dict[int, int]] = None,
+        expected_bytes: Optional[int] = None,
     ):
         """`progress` gets the fraction done, `report` a line per level every few seconds;
-        `expected` = tiles per level when estimated beforehand (downloads)."""
+        `expected` = tiles per level when estimated beforehand (downloads), `expected_bytes`
+        their bytes (a local copy's are its bundle files' sizes)."""
         self.source, self.levels, self.selection, self.options = source, levels, selection, options
         self._progress = progress or (lambda fraction: None)
         self._report = report or (lambda line: None)
-        self._expected = expected
+        self._expected, self._expected_bytes = expected, expected_bytes
         self._is_canceled = is_canceled or (lambda: False)
         self._stop = threading.Event()
 
@@ -120,6 +123,9 @@ class Exporter:
                 f"at the chosen levels ({_levels_text(self.levels)}); nothing was written."
                 + _describe_extent(self.source)
             )
+        needed = self._expected_bytes
+        check_free_space(self.options.target_dir, needed if needed is not None
+                         else stored_bytes(self.source, tasks))
         target = self._target()
         try:
             if target.existing is not None and _same_place(self.source, target):

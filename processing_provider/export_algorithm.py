@@ -260,12 +260,13 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             values.check_tile_limit(source, levels, selection)
         feedback.pushInfo(tr("Levels: {}").format(",".join(map(str, levels))))
         estimate_only = self.parameterAsBool(parameters, self.ESTIMATE_ONLY, context)
-        expected = None
+        expected = expected_bytes = None
         # a download starts with its estimate (the tilemaps it reads serve the export too); a
         # local copy reads its bundle indexes once, while copying, and reports at the end
         if source.is_service or estimate_only:
             estimates = self._estimate(source, levels, selection, feedback)
             expected = {e.level: e.tiles for e in estimates}
+            expected_bytes = sum(e.bytes for e in estimates)
             if estimate_only:
                 feedback.pushInfo(tr("ESTIMATE_ONLY is set: nothing was written."))
                 return {self.TARGET_CACHE_PATH: target, self.OUTPUT_CACHE_PATH: "",
@@ -293,6 +294,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             is_canceled=feedback.isCanceled,
             report=feedback.pushInfo,
             expected=expected,
+            expected_bytes=expected_bytes,
         ).run()
         for level in result.levels:
             feedback.pushInfo(tr("Level {}: {} tiles, {} bytes").format(
