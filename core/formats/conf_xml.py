@@ -57,7 +57,7 @@ def _value(element: ET.Element, path: str, what: str, default: Optional[str] = N
     return text
 
 
-def parse_spatial_reference(element: Optional[ET.Element]) -> SpatialReference:
+def parse_spatial_reference(element: Optional[ET.Element], what: str) -> SpatialReference:
     if element is None:
         return SpatialReference()
     domain = tuple(
@@ -67,7 +67,8 @@ def parse_spatial_reference(element: Optional[ET.Element]) -> SpatialReference:
     )
     def as_int(name: str) -> Optional[int]:
         text = _text(element, name)
-        return int(float(text)) if text else None
+        return checked.number(text, what, f"SpatialReference/{name}", 0, 1e9, integer=True
+                              ) if text else None
     return SpatialReference(
         wkid=as_int("WKID"), latest_wkid=as_int("LatestWKID"), wkt=_text(element, "WKT"),
         domain=domain,
@@ -93,7 +94,7 @@ def parse_conf_xml(data: bytes, what: str = "conf.xml") -> TilingScheme:
     except ValueError as exc:
         raise CacheError(f"{what}: unknown StorageFormat {storage_text!r}.") from exc
     return TilingScheme(
-        spatial_reference=parse_spatial_reference(_child(info, "SpatialReference")),
+        spatial_reference=parse_spatial_reference(_child(info, "SpatialReference"), what),
         origin_x=checked.coordinate(_value(info, "TileOrigin/X", what), what, "TileOrigin/X"),
         origin_y=checked.coordinate(_value(info, "TileOrigin/Y", what), what, "TileOrigin/Y"),
         tile_cols=checked.tile_pixels(_value(info, "TileCols", what), what, "TileCols"),
