@@ -7,9 +7,11 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -164,3 +166,24 @@ def test_merge_into_a_copy_of_itself_keeps_wholly_transparent_tiles(tmp_path, st
     assert Path(result["OUTPUT_CACHE_PATH"]) == output
     assert read_output(output) == written
     assert not [line for line in feedback.infos if DAMAGE_LINE.match(line)]
+
+
+def test_the_batch_check_of_record_runs_agrees_with_the_tile_check():
+    """image_kind.damaged_records (numpy, on a run of records) finds what image_kind.damage
+    finds tile by tile, tiny tiles, padded JPEGs and LERC blobs included."""
+    from export_map_server_cache.core.formats.image_kind import damage, damaged_records
+
+    png, jpeg = tile_image(1, 0, 0), tile_image(1, 0, 0, "JPEG")
+    tiles = [png, png[:-1], jpeg, jpeg + bytes(30), jpeg[:-2], b"\x89PNG", b"x",
+             b"CntZImage " + bytes(40), b"Lerc2 " + bytes(3), bytes(2000), png + b"!", jpeg]
+    blob, starts = b"", []
+    for data in tiles:
+        blob += struct.pack("<I", len(data))
+        starts.append(len(blob))
+        blob += data
+    found = damaged_records(blob, np.array(starts), np.array([len(t) for t in tiles]))
+    expected = {index: damage(data) for index, data in enumerate(tiles) if damage(data)}
+    assert found == expected
+    assert sorted(found) == [1, 4, 5, 6, 9, 10]
+    assert damaged_records(struct.pack("<I", 1) + b"x", np.array([4]), np.array([1])) == {
+        0: damage(b"x")}

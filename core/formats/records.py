@@ -19,7 +19,7 @@ from ..errors import CorruptCacheError
 from .atomic_file import Output
 from .bundle import BundleReader, BundleWriter
 from .file_store import ByteSource
-from .image_kind import damage
+from .image_kind import damaged_records
 
 MAX_RUN_BYTES = 16 << 20
 MAX_TILE_BYTES = 16 << 20  # larger "tiles" are damage (a tile is a 256 or 512 px image)
@@ -134,13 +134,11 @@ def _flush(run: _Run, writer: BundleWriter, checked: Optional[BundleReader],
            damaged: Optional[dict]) -> None:
     blob = run.reader.pread(run.start, run.end - run.start)
     if run.reader is checked and damaged is not None:
-        view = memoryview(blob)
-        found = False
-        for row, col, offset, size in run.entries:
-            wrong = damage(view[offset : offset + size])
-            if wrong:
-                damaged[row, col] = wrong
-                found = True
+        places = np.array([(offset, size) for _, _, offset, size in run.entries], np.int64)
+        found = damaged_records(blob, places[:, 0], places[:, 1])
+        for index, wrong in found.items():
+            row, col = run.entries[index][:2]
+            damaged[row, col] = wrong
         if found:
             return
     fixed: Optional[bytearray] = None
