@@ -44,10 +44,12 @@ def damage(data) -> str:
     return f"not a PNG, JPEG or LERC image (starts with {head[:8].hex()})"
 
 
-_PNG_HEAD = np.frombuffer(PNG_SIGNATURE, np.uint8)
-_PNG_TAIL = np.frombuffer(PNG_END, np.uint8)
-_JPEG_HEAD = np.frombuffer(JPEG_SIGNATURE, np.uint8)
-_JPEG_TAIL = np.frombuffer(JPEG_END, np.uint8)
+# first and last 8 bytes of a tile as little-endian u64: PNG whole, JPEG's 3 and 2 bytes masked
+_PNG_HEAD = int.from_bytes(PNG_SIGNATURE, "little")
+_PNG_TAIL = int.from_bytes(PNG_END, "little")
+_JPEG_HEAD = int.from_bytes(JPEG_SIGNATURE, "little")
+_JPEG_TAIL = int.from_bytes(JPEG_END, "little") << 48
+_LOW3, _HIGH2 = (1 << 24) - 1, ((1 << 16) - 1) << 48
 _EIGHT = np.arange(8)
 
 
@@ -59,10 +61,10 @@ def damaged_records(blob: bytes, starts: np.ndarray, sizes: np.ndarray) -> dict[
     suspects = np.arange(len(sizes))
     if len(data) >= 16:
         small = sizes < 16  # looked at one by one (their 8-byte windows would overlap)
-        head = data[np.where(small, 0, starts)[:, None] + _EIGHT]
-        tail = data[np.where(small, 8, starts + sizes)[:, None] - 8 + _EIGHT]
-        png = (head == _PNG_HEAD).all(axis=1) & (tail == _PNG_TAIL).all(axis=1)
-        jpeg = (head[:, :3] == _JPEG_HEAD).all(axis=1) & (tail[:, 6:] == _JPEG_TAIL).all(axis=1)
+        head = data[np.where(small, 0, starts)[:, None] + _EIGHT].view("<u8")[:, 0]
+        tail = data[np.where(small, 8, starts + sizes)[:, None] - 8 + _EIGHT].view("<u8")[:, 0]
+        png = (head == _PNG_HEAD) & (tail == _PNG_TAIL)
+        jpeg = ((head & _LOW3) == _JPEG_HEAD) & ((tail & _HIGH2) == _JPEG_TAIL)
         suspects = np.flatnonzero(small | ~(png | jpeg))
     found = {}
     for index in suspects.tolist():

@@ -134,8 +134,8 @@ def _flush(run: _Run, writer: BundleWriter, checked: Optional[BundleReader],
            damaged: Optional[dict]) -> None:
     blob = run.reader.pread(run.start, run.end - run.start)
     if run.reader is checked and damaged is not None:
-        places = np.array([(offset, size) for _, _, offset, size in run.entries], np.int64)
-        found = damaged_records(blob, places[:, 0], places[:, 1])
+        places = np.array(run.entries, np.int64)
+        found = damaged_records(blob, places[:, 2], places[:, 3])
         for index, wrong in found.items():
             row, col = run.entries[index][:2]
             damaged[row, col] = wrong
