@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 from .errors import CacheError, Concern, ExportCanceled
 from .export.bundle_job import BundleJob, BundleResult
+from .export.disk_space import check_free_space, stored_bytes
 from .export.plan import plan_bundles
 from .export.pool import run_pool
 from .export.progress import ExportProgress
@@ -40,6 +41,7 @@ from .sources.source import CacheSource
 LOG = logging.getLogger(__name__)
 
 MAX_AUTO_WORKERS = 8
+DAMAGED_EXAMPLES = 3  # damaged tiles named per level in the log
 
 
 @dataclass
@@ -56,6 +58,7 @@ class ExportOptions:
     quality: Optional[int] = None  # JPEG quality of new tiles; None: the cache's, else 75
     optimize: bool = False  # recompress JPEG tiles at `quality` where that makes them smaller
     background: tuple[int, int, int] = (255, 255, 255)  # outside pixels where no alpha
+    fail_on_damaged: bool = False  # a damaged input tile fails the run (else: left out)
 
 
 @dataclass
@@ -64,6 +67,8 @@ class LevelResult:
     tiles: int = 0
     bytes: int = 0
     bundles: int = 0
+    damaged: int = 0  # input tiles left out as damaged
+    damaged_examples: list[str] = field(default_factory=list)  # a few, "R12 C34: why"
 
 
 @dataclass
@@ -99,13 +104,15 @@ class Exporter:
         is_canceled: Optional[Callable[[], bool]] = None,
         report: Optional[Callable[[str], None]] = None,
         expected: Optional[dict[int, int]] = None,
+        expected_bytes: Optional[int] = None,
     ):
         """`progress` gets the fraction done, `report` a line per level every few seconds;
-        `expected` = tiles per level when estimated beforehand (downloads)."""
+        `expected` = tiles per level when estimated beforehand (downloads), `expected_bytes`
+        their bytes (a local copy's are its bundle files' sizes)."""
         self.source, self.levels, self.selection, self.options = source, levels, selection, options
         self._progress = progress or (lambda fraction: None)
         self._report = report or (lambda line: None)
-        self._expected = expected
+        self._expected, self._expected_bytes = expected, expected_bytes
         self._is_canceled = is_canceled or (lambda: False)
         self._stop = threading.Event()
 
@@ -130,6 +137,9 @@ class Exporter:
         LOG.info("%d bundles to visit at levels %s.", len(tasks), _levels_text(self.levels))
         name = self.options.name or self.source.name
         check_writable(self.options.target_dir)
+        needed = self._expected_bytes
+        check_free_space(self.options.target_dir, needed if needed is not None
+                         else stored_bytes(self.source, tasks))
         with TargetLock(target_location(self.options.target_dir, name, self.options.storage,
                                         self.options.package)):
             return self._export_into(self._target(), tasks, started)
@@ -158,6 +168,7 @@ class Exporter:
                     f"chosen levels ({_levels_text(self.levels)}); nothing was written."
                     + _describe_extent(self.source)
                 )
+            self._report_damaged(per_level)
             self._describe(finish, per_level, extent, ranges)
             if self._is_canceled():
                 raise ExportCanceled("The export was canceled; the target was left unchanged.")
@@ -187,6 +198,11 @@ class Exporter:
             summary.tiles += result.tiles
             summary.bytes += result.bytes
             summary.bundles += 1 if result.tiles else 0
+            summary.damaged += len(result.damaged)
+            for (row, col), why in sorted(result.damaged.items()):
+                if len(summary.damaged_examples) >= DAMAGED_EXAMPLES:
+                    break
+                summary.damaged_examples.append(f"row {row} col {col}: {why}")
             if result.touched:
                 finish.touched.add((result.level, result.brow, result.bcol))
             finish.deferred_removals.extend(result.removals)
@@ -195,6 +211,14 @@ class Exporter:
                 tile_extent = self.source.scheme.range_extent(result.level, result.tile_range)
                 extent = tile_extent.union(extent)
         return per_level, finish, extent, ranges
+
+    def _report_damaged(self, per_level: dict[int, LevelResult]) -> None:
+        """A line per level that had damaged input tiles (left out of the output)."""
+        for summary in per_level.values():
+            if summary.damaged:
+                self._report(
+                    f"Level {summary.level}: {summary.damaged} damaged tile(s) of the input left "
+                    f"out, e.g. {'; '.join(summary.damaged_examples)}.")
 
     def _describe(self, finish: Finish, per_level: dict[int, LevelResult],
                   extent: Optional[Extent], ranges: dict[int, TileRange]) -> None:
@@ -247,6 +271,13 @@ class Exporter:
         tiles_done: Counter = Counter()
 
         def on_result(result: BundleResult) -> None:
+            if result.damaged and self.options.fail_on_damaged:
+                (row, col), why = sorted(result.damaged.items())[0]
+                raise CacheError(
+                    f"The input has damaged tiles: {len(result.damaged)} in the bundle of level "
+                    f"{result.level} at row {result.brow}, column {result.bcol} (row {row} col "
+                    f"{col}: {why}). FAIL_ON_DAMAGED_TILES is set, so the export stopped and the "
+                    "target was left unchanged; clear it to export without the damaged tiles.")
             results.append(result)
             if result.touched:
                 target.bundle_done(result.level, result.brow, result.bcol)

@@ -78,6 +78,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
     LOAD_RESULT = "LOAD_RESULT"
     EXPORT_METHOD = "EXPORT_METHOD"
     RESOLUTIONS = "RESOLUTIONS"
+    FAIL_ON_DAMAGED_TILES = "FAIL_ON_DAMAGED_TILES"
     OUTPUT_CACHE_PATH = "OUTPUT_CACHE_PATH"
     TILE_COUNT = "TILE_COUNT"
     BYTE_COUNT = "BYTE_COUNT"
@@ -188,6 +189,10 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self.RESOLUTIONS,
             self.tr("Resolutions (map units per pixel separated by ';'; instead of levels)"),
             optional=True)))
+        self.addParameter(_advanced(QgsProcessingParameterBoolean(
+            self.FAIL_ON_DAMAGED_TILES,
+            self.tr("Fail on damaged tiles (else they are left out and reported per level)"),
+            defaultValue=False, optional=True)))
         self.addOutput(QgsProcessingOutputFile(
             self.OUTPUT_CACHE_PATH, self.tr("Exported cache (Layers folder or package file)")))
         self.addOutput(QgsProcessingOutputNumber(
@@ -278,12 +283,13 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
                 feedback.pushInfo(tr("ESTIMATE_ONLY is set: nothing was written."))
                 return {self.TARGET_CACHE_PATH: target, self.OUTPUT_CACHE_PATH: "",
                         self.TILE_COUNT: counted[0], self.BYTE_COUNT: counted[1]}
-        expected = None
+        expected = expected_bytes = None
         # a download starts with its estimate (the tilemaps it reads serve the export too); a
         # local copy reads its bundle indexes once, while copying, and reports at the end
         if (source.is_service and not by_job) or estimate_only:
             estimates = self._estimate(source, levels, selection, feedback)
             expected = {e.level: e.tiles for e in estimates}
+            expected_bytes = sum(e.bytes for e in estimates)
             if estimate_only:
                 feedback.pushInfo(tr("ESTIMATE_ONLY is set: nothing was written."))
                 return {self.TARGET_CACHE_PATH: target, self.OUTPUT_CACHE_PATH: "",
@@ -300,6 +306,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
                 parameters, self.COPY_DATA_FROM_SERVER, context),
             workers=workers,
             geographic_extent=values.lonlat(crs_extent, scheme),
+            fail_on_damaged=self.parameterAsBool(parameters, self.FAIL_ON_DAMAGED_TILES, context),
             **values.tile_options(),
         )
         if by_job:
@@ -318,6 +325,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             is_canceled=feedback.isCanceled,
             report=feedback.pushInfo,
             expected=expected,
+            expected_bytes=expected_bytes,
         ).run()
         return self._finish(source, result, parameters, context, feedback, target, storage,
                             package)

@@ -80,5 +80,9 @@ requests. A job's package is downloaded and made the output asked for; past the 
 maxExportTilesCount the export runs as several jobs merged into one output.</p>
 <p><b>Resolutions</b> (RESOLUTIONS): map units per pixel separated by ';', instead of levels or
 scales.</p>
+<p><b>Fail on damaged tiles</b> (FAIL_ON_DAMAGED_TILES): every copied tile is checked (a PNG
+must end with IEND, a JPEG with EOI; an index entry must point at the bundle's data). Damaged
+tiles are left out and counted per level in the log; with this option the export stops instead
+and the target is left unchanged.</p>
 <p>Outputs: OUTPUT_CACHE_PATH (the Layers folder or the package file), TILE_COUNT (tiles
 exported or estimated) and BYTE_COUNT (bytes of tile data).</p>"""

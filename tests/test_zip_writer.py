@@ -98,3 +98,26 @@ def test_overwritten_bytes_fall_back_to_reading_the_crc_back(tmp_path):
     with zipfile.ZipFile(tmp_path / "x.zip") as reader:
         assert reader.testzip() is None
         assert reader.read("a") == b"0123ab6789xy"
+
+
+def test_a_released_member_can_be_written_again(tmp_path):
+    """A bundle written again without its damaged tiles: the first reservation is given back
+    (room reclaimed when it is the last one, else bytes no entry points at) and the archive
+    holds each member once."""
+    archive = ZipWriter(tmp_path / "x.zip")
+    first = archive.reserve("a", 100)
+    first.handle.write(b"x" * 50)
+    first.abort()
+    first.release()
+    archive.write_bytes("a", b"short")
+    middle = archive.reserve("b", 30)
+    archive.write_bytes("c", b"after")
+    middle.abort()
+    middle.release()
+    archive.write_bytes("b", b"again")
+    archive.close()
+    with zipfile.ZipFile(tmp_path / "x.zip") as reader:
+        assert reader.testzip() is None
+        assert sorted(reader.namelist()) == ["a", "b", "c"]
+        assert [reader.read(name) for name in "abc"] == [b"short", b"again", b"after"]
+        assert reader.infolist()[0].header_offset == 0  # the released room was reclaimed

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ExportCanceled
 from ..formats.bundle import BundleReader, BundleWriter
+from ..formats.image_kind import damage
 from ..formats.layout import Layout
 from ..formats.records import copy_records
 from ..grid.tiling_scheme import PACKET_SIZE, StorageFormat, TileRange
@@ -42,6 +43,12 @@ class BundleResult:
     tile_range: Optional[TileRange] = None  # their bounds
     touched: bool = False  # the target's bundle was written (or dropped): not to be copied
     removals: list = field(default_factory=list)  # files to delete when the export commits
+    damaged: dict = field(default_factory=dict)  # (row, col) -> what is wrong: left out
+
+
+class _Damaged(Exception):
+    """A damaged source tile was found while writing: the bundle is written again without it
+    (its size, reserved in a package, was counted with it)."""
 
 
 class BundleJob:
@@ -69,19 +76,36 @@ class BundleJob:
         if self.target.existing is not None:
             old = self.target.existing.layout.open_bundle(level, brow, bcol)
         try:
-            return self._copy_bundle(level, brow, bcol, source, old, wanted)
+            # tiles found damaged are left out: the second pass writes the bundle without them
+            damaged: dict = {}
+            for _ in range(2):
+                left_out = set(damaged)
+
+                def allowed(row: int, col: int, left_out=left_out) -> bool:
+                    return (row, col) not in left_out and wanted(row, col)
+
+                try:
+                    result = self._copy_bundle(level, brow, bcol, source, old,
+                                               allowed if left_out else wanted, damaged)
+                except _Damaged:
+                    continue
+                if source is not None:  # records its index points at wrongly: never copied
+                    damaged.update(source.invalid())
+                result.damaged = damaged
+                return result
+            raise AssertionError("a bundle's damaged tiles were left out, yet found again")
         finally:
             for reader in (source, old):
                 if reader is not None:
                     reader.close()
 
     def _copy_bundle(self, level: int, brow: int, bcol: int, source: Optional[BundleReader],
-                     old: Optional[BundleReader], wanted: Callable[[int, int], bool]
-                     ) -> BundleResult:
+                     old: Optional[BundleReader], wanted: Callable[[int, int], bool],
+                     damaged: dict) -> BundleResult:
         clipper = self.selection.clipper(level, brow, bcol)
         if BundleComposer.needed(self.pixels, clipper, old is not None):
-            composer = BundleComposer(self.pixels, source, old, clipper, wanted)
-            return self._compose_bundle(level, brow, bcol, composer)
+            composer = BundleComposer(self.pixels, source, old, clipper, wanted, damaged)
+            return self._compose_bundle(level, brow, bcol, composer, damaged)
         exported = [key for key in source.present() if wanted(*key)] if source else []
         exported_set = set(exported)
         kept, removed = [], []
@@ -110,12 +134,12 @@ class BundleJob:
         def fill(writer: BundleWriter) -> None:
             for key in removed:
                 writer.remove(*key)
-            result.bytes = self._copy(tiles, sizes, writer, source)
+            result.bytes = self._copy(tiles, sizes, writer, source, damaged)
 
         return self._write(result, not tiles, payload, fill)
 
-    def _compose_bundle(self, level: int, brow: int, bcol: int, composer: BundleComposer
-                        ) -> BundleResult:
+    def _compose_bundle(self, level: int, brow: int, bcol: int, composer: BundleComposer,
+                        damaged: dict) -> BundleResult:
         """A bundle with pixel work: every tile planned at once, computed tiles done first
         while they are few (so the bundle's size is known), then the bundle written in order,
         runs of copied tiles as record runs."""
@@ -143,7 +167,7 @@ class BundleJob:
                 if action in (Action.COPY_EXPORTED, Action.COPY_EXISTING):
                     reader = source if action is Action.COPY_EXPORTED else old
                     tiles = [(row, col, reader) for row, col in keys]
-                    result.bytes += self._copy(tiles, sizes, writer, source)
+                    result.bytes += self._copy(tiles, sizes, writer, source, damaged)
                     if reader is source:
                         written.extend(keys)
                     continue
@@ -182,6 +206,9 @@ class BundleJob:
                 writer.abort()
             else:
                 writer.commit()
+        except _Damaged:
+            writer.abort_to_rewrite()
+            raise
         except BaseException:
             writer.abort()
             raise
@@ -190,25 +217,38 @@ class BundleJob:
         return result
 
     def _copy(self, tiles: list[Tile], sizes: Optional[list[int]], writer: BundleWriter,
-              source: Optional[BundleReader]) -> int:
+              source: Optional[BundleReader], damaged: dict) -> int:
         """Tiles copied in order: as record runs where their `sizes` are known from the indexes
-        and the writer takes records, else one by one; returns the bytes taken from `source`."""
+        and the writer takes records, else one by one; returns the bytes taken from `source`.
+        Source tiles are checked as they pass; a damaged one (noted in `damaged`) raises
+        _Damaged once all are copied, for the bundle to be written again without it."""
+        found = len(damaged)
         if sizes is None or not writer.takes_records:
-            return self._copy_tiles(tiles, writer, source)
-        for start in range(0, len(tiles), CANCEL_CHECK_EVERY):
-            self.check_stop()
-            copy_records(tiles[start : start + CANCEL_CHECK_EVERY], writer)
-        return sum(size for (_, _, reader), size in zip(tiles, sizes) if reader is source)
+            exported = self._copy_tiles(tiles, writer, source, damaged)
+        else:
+            for start in range(0, len(tiles), CANCEL_CHECK_EVERY):
+                self.check_stop()
+                copy_records(tiles[start : start + CANCEL_CHECK_EVERY], writer, source, damaged)
+            exported = sum(size for (_, _, reader), size in zip(tiles, sizes)
+                           if reader is source)
+        if len(damaged) > found:
+            raise _Damaged()
+        return exported
 
     def _copy_tiles(self, tiles: list[Tile], writer: BundleWriter,
-                    source: Optional[BundleReader]) -> int:
+                    source: Optional[BundleReader], damaged: dict) -> int:
         """Tile by tile (exploded on either side); returns the bytes taken from `source`."""
         exported = 0
         for number, (row, col, reader) in enumerate(tiles):
             if number % CANCEL_CHECK_EVERY == 0:
                 self.check_stop()
             data = reader.read(row, col)
-            exported += len(data) if reader is source else 0
+            if reader is source:
+                wrong = damage(data)
+                if wrong:
+                    damaged[row, col] = wrong
+                    continue
+                exported += len(data)
             writer.add(row, col, data)
         return exported
 

@@ -17,6 +17,9 @@ class Output(Protocol):
 
     def abort(self) -> None: ...
 
+    def release(self) -> None:
+        """After `abort`: the same file is about to be written again."""
+
     def discard_and_remove_target(self) -> None: ...
 
 
@@ -35,6 +38,9 @@ class AtomicFile:
         if not self.handle.closed:
             self.handle.close()
         self.tmp.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Nothing was reserved: `abort` left nothing."""
 
     def discard_and_remove_target(self) -> None:
         """No content: drop the temporary file and any previous version of the target."""

@@ -17,6 +17,11 @@ class BundleReader(ABC):
     def present(self) -> list[tuple[int, int]]:
         """(row, col) of the tiles the bundle holds, in row-major order."""
 
+    def invalid(self) -> dict[tuple[int, int], str]:
+        """Tiles the index lists at records that cannot be right (outside the data, overlapping
+        another): left out of `present()`, reported as damaged."""
+        return {}
+
     @abstractmethod
     def read(self, row: int, col: int) -> bytes:
         """The bytes of a present tile."""
@@ -66,3 +71,8 @@ class BundleWriter(ABC):
     @abstractmethod
     def abort(self) -> None:
         """Leave nothing of the bundle behind."""
+
+    def abort_to_rewrite(self) -> None:
+        """`abort`, for the same bundle to be written again at once (without its damaged
+        tiles): a package member's reserved name and room are given back."""
+        self.abort()

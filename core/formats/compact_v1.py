@@ -5,12 +5,14 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple, Optional
 
+import numpy as np
+
 from ..errors import CorruptCacheError
 from ..grid.tiling_scheme import PACKET_SIZE, StorageFormat
 from .atomic_file import Output
 from .file_store import ByteSource
 from .layout import BundledLayout, Wanted
-from .records import RecordFileReader, RecordFileWriter
+from .records import RecordFileReader, RecordFileWriter, invalid_records
 
 SLOTS = PACKET_SIZE * PACKET_SIZE
 HEADER = struct.Struct("<4I3Q5I")
@@ -67,6 +69,7 @@ class BundleV1Reader(RecordFileReader):
             )
         self._offsets = [int.from_bytes(raw[i : i + 5], "little") for i in range(0, len(raw), 5)]
         self._sizes: dict[int, int] = {}
+        self._invalid: dict[tuple[int, int], str] = {}
 
     def present(self) -> list[tuple[int, int]]:
         tiles = []
@@ -82,9 +85,20 @@ class BundleV1Reader(RecordFileReader):
                     f"runs past the end of the file ({self._bundle.size} bytes)."
                 )
             self._sizes[slot] = size
-            tiles.append((self.brow + slot % PACKET_SIZE, self.bcol + slot // PACKET_SIZE))
+        slots = np.array(sorted(self._sizes), np.int64)
+        bad = invalid_records(slots, np.array([self._offsets[slot] + 4 for slot in slots.tolist()],
+                                              np.int64),
+                              np.array([self._sizes[slot] for slot in slots.tolist()], np.int64),
+                              DATA_START)
+        self._invalid = {(self.brow + slot % PACKET_SIZE, self.bcol + slot // PACKET_SIZE):
+                         f"{self._bundle.name}: {why}" for slot, why in bad.items()}
+        tiles = [(self.brow + slot % PACKET_SIZE, self.bcol + slot // PACKET_SIZE)
+                 for slot in self._sizes if slot not in bad]
         tiles.sort()
         return tiles
+
+    def invalid(self) -> dict[tuple[int, int], str]:
+        return self._invalid
 
     def locate(self, row: int, col: int) -> tuple[int, int]:
         slot = _slot(row, col)
@@ -132,6 +146,11 @@ class BundleV1Writer(RecordFileWriter):
     def abort(self) -> None:
         self._bundle.abort()
         self._index_file.abort()
+
+    def abort_to_rewrite(self) -> None:
+        self.abort()
+        self._bundle.release()
+        self._index_file.release()
 
 
 class CompactV1Layout(BundledLayout):

@@ -9,12 +9,14 @@ import struct
 from array import array
 from typing import NamedTuple, Optional
 
+import numpy as np
+
 from ..errors import CorruptCacheError
 from ..grid.tiling_scheme import PACKET_SIZE, StorageFormat
 from .atomic_file import Output
 from .file_store import ByteSource
 from .layout import BundledLayout, Wanted
-from .records import RecordFileReader, RecordFileWriter
+from .records import RecordFileReader, RecordFileWriter, invalid_records
 
 SLOTS = PACKET_SIZE * PACKET_SIZE
 HEADER = struct.Struct("<4I3Q6I")
@@ -67,21 +69,29 @@ class BundleV2Reader(RecordFileReader):
         self._index = array("Q", source.pread(HEADER.size, INDEX_SIZE))
         if array("H", [1]).tobytes() != b"\x01\x00":
             self._index.byteswap()
+        self._invalid: dict[tuple[int, int], str] = {}
 
     def present(self) -> list[tuple[int, int]]:
-        tiles = []
-        for slot, entry in enumerate(self._index):
-            size = entry >> 40
-            if not size:
-                continue
-            offset = entry & OFFSET_MASK
-            if offset < 4 or offset + size > self._source.size:
-                raise CorruptCacheError(
-                    f"{self._source.name}: tile slot {slot} points at bytes {offset}-"
-                    f"{offset + size}, beyond the end of the file ({self._source.size} bytes)."
-                )
-            tiles.append((self.brow + slot // PACKET_SIZE, self.bcol + slot % PACKET_SIZE))
-        return tiles
+        entries = np.frombuffer(self._index, np.uint64)
+        sizes, offsets = entries >> np.uint64(40), entries & np.uint64(OFFSET_MASK)
+        slots = np.flatnonzero(sizes)
+        sizes, offsets = sizes[slots].astype(np.int64), offsets[slots].astype(np.int64)
+        outside = np.flatnonzero((offsets < 4) | (offsets + sizes > self._source.size))
+        if len(outside):
+            slot, offset, size = (int(slots[outside[0]]), int(offsets[outside[0]]),
+                                  int(sizes[outside[0]]))
+            raise CorruptCacheError(
+                f"{self._source.name}: tile slot {slot} points at bytes {offset}-"
+                f"{offset + size}, beyond the end of the file ({self._source.size} bytes)."
+            )
+        bad = invalid_records(slots, offsets, sizes, DATA_START)
+        self._invalid = {(self.brow + slot // PACKET_SIZE, self.bcol + slot % PACKET_SIZE):
+                         f"{self._source.name}: {why}" for slot, why in bad.items()}
+        return [(self.brow + slot // PACKET_SIZE, self.bcol + slot % PACKET_SIZE)
+                for slot in slots.tolist() if slot not in bad]
+
+    def invalid(self) -> dict[tuple[int, int], str]:
+        return self._invalid
 
     def locate(self, row: int, col: int) -> tuple[int, int]:
         entry = self._index[(row - self.brow) * PACKET_SIZE + (col - self.bcol)]
@@ -130,6 +140,10 @@ class BundleV2Writer(RecordFileWriter):
 
     def abort(self) -> None:
         self._file.abort()
+
+    def abort_to_rewrite(self) -> None:
+        self._file.abort()
+        self._file.release()
 
 
 class CompactV2Layout(BundledLayout):

@@ -6,6 +6,7 @@ from typing import Optional
 from xml.sax.saxutils import escape
 
 from ..errors import CacheError
+from ..grid import checked_values as checked
 from ..grid.extent import Extent
 from ..grid.spatial_reference import SpatialReference
 from ..grid.tiling_scheme import Lod, StorageFormat, TilingScheme
@@ -48,19 +49,15 @@ def _parse_xml(data: bytes, what: str) -> ET.Element:
         ) from exc
 
 
-def _float(element: ET.Element, path: str, what: str, default: Optional[float] = None) -> float:
-    text = _text(element, path)
+def _value(element: ET.Element, path: str, what: str, default: Optional[str] = None) -> str:
+    """The text of a required element (`default` when it may be missing)."""
+    text = _text(element, path, default)
     if text is None:
-        if default is not None:
-            return default
         raise CacheError(f"{what} has no {path}.")
-    try:
-        return float(text)
-    except ValueError as exc:
-        raise CacheError(f"{what}: {path} is not a number ({text!r}).") from exc
+    return text
 
 
-def parse_spatial_reference(element: Optional[ET.Element]) -> SpatialReference:
+def parse_spatial_reference(element: Optional[ET.Element], what: str) -> SpatialReference:
     if element is None:
         return SpatialReference()
     domain = tuple(
@@ -70,7 +67,8 @@ def parse_spatial_reference(element: Optional[ET.Element]) -> SpatialReference:
     )
     def as_int(name: str) -> Optional[int]:
         text = _text(element, name)
-        return int(float(text)) if text else None
+        return checked.number(text, what, f"SpatialReference/{name}", 0, 1e9, integer=True
+                              ) if text else None
     return SpatialReference(
         wkid=as_int("WKID"), latest_wkid=as_int("LatestWKID"), wkt=_text(element, "WKT"),
         domain=domain,
@@ -87,28 +85,25 @@ def parse_conf_xml(data: bytes, what: str = "conf.xml") -> TilingScheme:
     lods_node = _child(info, "LODInfos")
     lods = []
     for node in list(lods_node) if lods_node is not None else []:
-        lods.append(
-            Lod(
-                level=int(_float(node, "LevelID", what)),
-                resolution=_float(node, "Resolution", what),
-                scale=_float(node, "Scale", what, 0.0),
-            )
-        )
+        level = checked.level_id(_value(node, "LevelID", what), what)
+        lods.append(Lod(level, checked.resolution(_value(node, "Resolution", what), what, level),
+                        checked.scale(_value(node, "Scale", what, "0"), what, level)))
     storage_text = _text(root, "CacheStorageInfo/StorageFormat", StorageFormat.EXPLODED.value)
     try:
         storage = StorageFormat(storage_text)
     except ValueError as exc:
         raise CacheError(f"{what}: unknown StorageFormat {storage_text!r}.") from exc
     return TilingScheme(
-        spatial_reference=parse_spatial_reference(_child(info, "SpatialReference")),
-        origin_x=_float(info, "TileOrigin/X", what),
-        origin_y=_float(info, "TileOrigin/Y", what),
-        tile_cols=int(_float(info, "TileCols", what)),
-        tile_rows=int(_float(info, "TileRows", what)),
-        dpi=int(_float(info, "DPI", what, 96.0)),
-        lods=tuple(sorted(lods, key=lambda lod: lod.level)),
+        spatial_reference=parse_spatial_reference(_child(info, "SpatialReference"), what),
+        origin_x=checked.coordinate(_value(info, "TileOrigin/X", what), what, "TileOrigin/X"),
+        origin_y=checked.coordinate(_value(info, "TileOrigin/Y", what), what, "TileOrigin/Y"),
+        tile_cols=checked.tile_pixels(_value(info, "TileCols", what), what, "TileCols"),
+        tile_rows=checked.tile_pixels(_value(info, "TileRows", what), what, "TileRows"),
+        dpi=checked.dpi(_value(info, "DPI", what, "96"), what),
+        lods=checked.checked_lods(lods, what),
         tile_format=_text(root, "TileImageInfo/CacheTileFormat", "PNG") or "PNG",
-        compression_quality=int(_float(root, "TileImageInfo/CompressionQuality", what, 0.0)),
+        compression_quality=checked.quality(
+            _value(root, "TileImageInfo/CompressionQuality", what, "0"), what),
         storage_format=storage,
     )
 
@@ -116,7 +111,8 @@ def parse_conf_xml(data: bytes, what: str = "conf.xml") -> TilingScheme:
 def parse_conf_cdi(data: bytes, what: str = "conf.cdi") -> Optional[Extent]:
     root = _parse_xml(data, what)
     try:
-        extent = Extent(*(_float(root, name, what) for name in ("XMin", "YMin", "XMax", "YMax")))
+        extent = Extent(*(checked.coordinate(_value(root, name, what), what, name)
+                          for name in ("XMin", "YMin", "XMax", "YMax")))
     except CacheError:
         return None
     return None if extent.is_empty else extent

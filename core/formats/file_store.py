@@ -6,14 +6,20 @@ import os
 import posixpath
 import shutil
 import struct
+import tempfile
 import threading
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import BinaryIO, Optional, Protocol
 
 from ..errors import CacheError, CorruptCacheError
 
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
+INFLATE_CHUNK = 1 << 20
+MAX_SMALL_MEMBER = 64 << 20  # root.json, conf.xml, iteminfo.xml...: read into memory
+MAX_RATIO = 200  # inflated/compressed beyond this (and beyond RATIO_FLOOR bytes): a zip bomb
+RATIO_FLOOR = 16 << 20
 
 
 class ByteSource(Protocol):
@@ -28,9 +34,11 @@ class ByteSource(Protocol):
 
 
 class FileBytes:
-    def __init__(self, path: Path, name: str, offset: int = 0, size: Optional[int] = None):
+    def __init__(self, path: Optional[Path], name: str, offset: int = 0,
+                 size: Optional[int] = None, handle: Optional[BinaryIO] = None):
+        """The file at `path`, or the open `handle` (an inflated member's spool)."""
         self.name = name
-        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._file = handle or open(path, "rb")  # noqa: SIM115 - closed by close()
         self._offset = offset
         self.size = size if size is not None else os.fstat(self._file.fileno()).st_size
 
@@ -48,22 +56,6 @@ class FileBytes:
 
     def close(self) -> None:
         self._file.close()
-
-
-class MemoryBytes:
-    def __init__(self, data: bytes, name: str):
-        self.name, self._data, self.size = name, data, len(data)
-
-    def pread(self, offset: int, length: int) -> bytes:
-        if offset < 0 or offset + length > self.size:
-            raise CorruptCacheError(
-                f"{self.name}: a read of {length} bytes at offset {offset} goes past the end of "
-                f"the file ({self.size} bytes). The file is truncated or corrupt."
-            )
-        return self._data[offset : offset + length]
-
-    def close(self) -> None:
-        self._data = b""
 
 
 class DirStore:
@@ -150,8 +142,34 @@ class ZipStore:
         return rel in self._infos
 
     def read(self, rel: str) -> bytes:
-        with self._lock:
-            return self._zip.read(self._infos[rel])
+        """A small member (metadata), inflated within MAX_SMALL_MEMBER bytes."""
+        out = io.BytesIO()
+        self._inflate(rel, out, MAX_SMALL_MEMBER)
+        return out.getvalue()
+
+    def _inflate(self, rel: str, out: io.IOBase, cap: Optional[int] = None) -> None:
+        """A member's bytes streamed into `out`, refused as soon as they pass `cap`, the size
+        the archive declares, or MAX_RATIO times their compressed size: a crafted member (1 GB
+        of zeros in a few MB) costs neither memory nor disk."""
+        info = self._infos[rel]
+        limit = min(info.file_size, cap) if cap is not None else info.file_size
+        ratio_limit = max(RATIO_FLOOR, MAX_RATIO * info.compress_size)
+        written = 0
+        try:
+            with self._lock, self._zip.open(info) as src:
+                while chunk := src.read(INFLATE_CHUNK):
+                    written += len(chunk)
+                    if written > limit or written > ratio_limit:
+                        raise CorruptCacheError(
+                            f"{self.path}: the member {rel} inflates to more than "
+                            f"{min(limit, ratio_limit)} bytes (it is {info.compress_size} bytes "
+                            f"compressed and says it holds {info.file_size}). The package is "
+                            "malformed or malicious; it was not read.")
+                    out.write(chunk)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise CorruptCacheError(
+                f"{self.path}: the member {rel} cannot be inflated ({exc}). The package is "
+                "damaged; copy or download it again.") from exc
 
     def data_offset(self, rel: str) -> int:
         """Where a member's bytes start in the archive (after its local header)."""
@@ -168,12 +186,17 @@ class ZipStore:
         name = f"{self.label}!{rel}"
         if info.compress_type == zipfile.ZIP_STORED:
             return FileBytes(self.path, name, self.data_offset(rel), info.file_size)
-        return MemoryBytes(self.read(rel), name)
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the FileBytes
+        try:
+            self._inflate(rel, spool)
+            spool.flush()
+            return FileBytes(None, name, handle=spool)
+        except BaseException:
+            spool.close()
+            raise
 
     def copy_member(self, rel: str, out: io.BufferedIOBase) -> None:
-        with self._lock, self._zip.open(self._infos[rel]) as src:
-            while chunk := src.read(16 << 20):
-                out.write(chunk)
+        self._inflate(rel, out)
 
     def close(self) -> None:
         self._zip.close()

@@ -13,13 +13,41 @@ from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Optional
 
+import numpy as np
+
 from ..errors import CorruptCacheError
 from .atomic_file import Output
 from .bundle import BundleReader, BundleWriter
 from .file_store import ByteSource
+from .image_kind import damaged_records
 
 MAX_RUN_BYTES = 16 << 20
+MAX_TILE_BYTES = 16 << 20  # larger "tiles" are damage (a tile is a 256 or 512 px image)
 PREFIX = struct.Struct("<I")
+
+
+def invalid_records(slots: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
+                    data_start: int) -> dict[int, str]:
+    """Index slots whose records cannot be right, slot -> why: starting in the header or index,
+    larger than MAX_TILE_BYTES, or overlapping an earlier record (one record listed by many
+    slots would make the output grow by as many copies). All numpy: 16,384 slots at once."""
+    offsets, sizes = offsets.astype(np.int64), sizes.astype(np.int64)
+    bad: dict[int, str] = {}
+    inside = offsets - 4 >= data_start
+    for slot in slots[~inside].tolist():
+        bad[slot] = "its index entry points into the bundle's header or index"
+    big = inside & (sizes > MAX_TILE_BYTES)
+    for slot, size in zip(slots[big].tolist(), sizes[big].tolist()):
+        bad[slot] = f"{size} bytes is more than a tile can be ({MAX_TILE_BYTES})"
+    good = np.flatnonzero(inside & ~big)
+    order = good[np.argsort(offsets[good], kind="stable")]
+    starts, ends = offsets[order] - 4, offsets[order] + sizes[order]
+    if len(order) > 1:
+        reach = np.maximum.accumulate(ends)[:-1]
+        overlap = np.concatenate([[False], starts[1:] < reach])
+        for slot in slots[order[overlap]].tolist():
+            bad[slot] = "its record overlaps another tile's"
+    return bad
 
 
 class RecordFileReader(BundleReader):
@@ -82,9 +110,12 @@ class _Run:
 
 
 def copy_records(
-    tiles: Iterable[tuple[int, int, BundleReader]], writer: BundleWriter
+    tiles: Iterable[tuple[int, int, BundleReader]], writer: BundleWriter,
+    checked: Optional[BundleReader] = None, damaged: Optional[dict] = None
 ) -> None:
-    """Copy tiles (in output order, each with the reader holding it)."""
+    """Copy tiles (in output order, each with the reader holding it). Tiles of the `checked`
+    reader are checked as they pass (image_kind.damage); a run holding a damaged tile is not
+    written and the tile is noted in `damaged` ((row, col) -> what is wrong)."""
     run: Optional[_Run] = None
     for row, col, reader in tiles:
         offset, size = reader.locate(row, col)
@@ -92,15 +123,24 @@ def copy_records(
             run.end - run.start > MAX_RUN_BYTES
         ):
             if run is not None:
-                _flush(run, writer)
+                _flush(run, writer, checked, damaged)
             run = _Run(reader, offset - 4)
         run.extend(row, col, offset, size)
     if run is not None:
-        _flush(run, writer)
+        _flush(run, writer, checked, damaged)
 
 
-def _flush(run: _Run, writer: BundleWriter) -> None:
+def _flush(run: _Run, writer: BundleWriter, checked: Optional[BundleReader],
+           damaged: Optional[dict]) -> None:
     blob = run.reader.pread(run.start, run.end - run.start)
+    if run.reader is checked and damaged is not None:
+        places = np.array(run.entries, np.int64)
+        found = damaged_records(blob, places[:, 2], places[:, 3])
+        for index, wrong in found.items():
+            row, col = run.entries[index][:2]
+            damaged[row, col] = wrong
+        if found:
+            return
     fixed: Optional[bytearray] = None
     for _, _, offset, size in run.entries:
         if PREFIX.unpack_from(blob, offset - 4)[0] != size:

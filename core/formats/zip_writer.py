@@ -145,6 +145,11 @@ class Region:
         if not self.handle.closed:
             self.handle.close()
 
+    def release(self) -> None:
+        """After `abort`: the member is to be written again (its name and room given back)."""
+        if not self._entry.done:
+            self._archive.release(self._entry)
+
     def discard_and_remove_target(self) -> None:
         raise EngineBug("an empty bundle was given room in a package.")
 
@@ -168,6 +173,20 @@ class ZipWriter:
             self._entries[name] = entry
             self._end += entry.header_size + size
         return Region(self, entry)
+
+    def release(self, entry: _Entry) -> None:
+        """Give up a reservation that was not committed (a bundle written again without its
+        damaged tiles): its name is free again; its room is reclaimed when it is the last one,
+        else left as unreferenced bytes that no member or directory entry points at."""
+        with self._lock:
+            name = entry.name.decode("ascii")
+            if self._entries.get(name) is not entry:
+                return
+            del self._entries[name]
+            if entry.offset + entry.header_size + entry.size == self._end:
+                self._end = entry.offset
+                with open(self.path, "r+b") as handle:
+                    handle.truncate(self._end)
 
     def open_member(self, name: str) -> Optional[FileBytes]:
         """A member written already, read back from the unfinished archive; None when there is

@@ -11,6 +11,6 @@ def int_or(value, default: Default = None) -> int | Default:
     """`value` as an integer, `default` when it is missing or not a number."""
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: inf (1e400 in JSON)
         return default
 

@@ -139,6 +139,7 @@ class SpatialReference:
             (xml_key, _decimal(float(data[json_key])))
             for xml_key, json_key in DOMAIN_KEYS
             if isinstance(data.get(json_key), (int, float))
+            and math.isfinite(data[json_key])
         )
         if domain:  # JSON has no HighPrecision; every domain ArcGIS 10+ writes is high precision
             domain += (("HighPrecision", "true"),)

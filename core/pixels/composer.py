@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..formats.image_kind import damage
 from ..grid.tiling_scheme import PACKET_SIZE
 from ..selection.tile_selection import BundleClipper, TileState
 from .tile_image import (
@@ -70,8 +71,10 @@ class BundleComposer:
     """Plans and computes the tiles of one bundle written from `source` over `existing`."""
 
     def __init__(self, options: PixelOptions, source, existing,
-                 clipper: Optional[BundleClipper], wanted: Callable[[int, int], bool]):
+                 clipper: Optional[BundleClipper], wanted: Callable[[int, int], bool],
+                 damaged: dict):
         self.options, self.source, self.existing = options, source, existing
+        self.damaged = damaged  # (row, col) -> what is wrong, of source tiles left out
         self.clipper, self.wanted = clipper, wanted
         self._origin = (0, 0)
         self._exported = self._existing = _grid([], self._origin)
@@ -159,6 +162,10 @@ class BundleComposer:
             pixels[mask] = 0
             return self._encoded(pixels), False
         data = self.source.read(row, col)
+        wrong = damage(data)
+        if wrong:  # left out: as if the input had no such tile
+            self.damaged[row, col] = wrong
+            return (self.existing.read(row, col) if has_existing else None), False
         if mask is None and (not has_existing or not may_be_transparent(data)):
             return self._converted(data), True
         if mask is not None and not has_existing and self._jpeg_to_jpeg(data):
@@ -171,6 +178,10 @@ class BundleComposer:
         elif is_opaque(pixels):
             return self._converted(data), True
         if has_existing:
+            if not overwrite and is_empty(pixels):
+                # nothing is drawn over the existing tile: it stays as it is, even wholly
+                # transparent (a tile the target has is kept)
+                return self.existing.read(row, col), False
             below = decode(self.existing.read(row, col))
             if overwrite:
                 pixels = np.where(mask[..., None], pixels, below)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import stat
 import zipfile
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def open_cache(path: str) -> CacheSource:
                 f"The input {shown!r} does not exist. Check the path: the input is a cache "
                 "dataset folder, a conf.xml, a .tpk or a .tpkx.", Concern.INPUT
             )
+        _refuse_special_file(location, shown)
         if location.is_dir():
             return _open_dataset_folder(location)
         if location.name.lower() == "conf.xml":
@@ -52,6 +54,17 @@ def open_cache(path: str) -> CacheSource:
         f"The input {shown!r} is not a cache: give a cache dataset folder (with conf.xml), "
         "a conf.xml file, a .tpk or a .tpkx tile package."
     )
+
+
+def _refuse_special_file(location: Path, shown: str) -> None:
+    """Only folders and regular files are read: a device, pipe or socket could be endless
+    (/dev/zero) or block forever, so it is refused before a byte is read."""
+    mode = location.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise CacheError(
+            f"The input {shown!r} is not a regular file or folder (a device, pipe or socket): "
+            "give a cache dataset folder, a conf.xml, a .tpk or a .tpkx."
+        )
 
 
 def _open_dataset_folder(folder: Path) -> CacheSource:

@@ -5,6 +5,7 @@ import json
 from typing import Optional
 
 from ..errors import CacheError
+from ..grid import checked_values as checked
 from ..grid.extent import Extent
 from ..grid.spatial_reference import SpatialReference
 from ..grid.tiling_scheme import Lod, StorageFormat, TilingScheme
@@ -24,8 +25,9 @@ def parse_extent(data: Optional[dict]) -> Optional[Extent]:
     if not isinstance(data, dict):
         return None
     try:
-        extent = Extent(*(float(data[key]) for key in ("xmin", "ymin", "xmax", "ymax")))
-    except (KeyError, TypeError, ValueError):
+        extent = Extent(*(checked.coordinate(data[key], "", key)
+                          for key in ("xmin", "ymin", "xmax", "ymax")))
+    except (KeyError, CacheError):  # an extent is optional: a bad one is no extent
         return None
     return None if extent.is_empty else extent
 
@@ -36,19 +38,17 @@ def scheme_from_service_json(service: dict, what: str) -> TilingScheme:
     if not isinstance(tile_info, dict):
         raise CacheError(f"{what} has no tileInfo: it does not describe a tile cache.")
     try:
-        lods = tuple(
-            sorted(
-                (
-                    Lod(int(lod["level"]), float(lod["resolution"]), float(lod.get("scale", 0)))
-                    for lod in tile_info.get("lods") or []
-                ),
-                key=lambda lod: lod.level,
-            )
-        )
+        lods = []
+        for lod in tile_info.get("lods") or []:
+            level = checked.level_id(lod["level"], what)
+            lods.append(Lod(level, checked.resolution(lod["resolution"], what, level),
+                            checked.scale(lod.get("scale", 0), what, level)))
         origin = tile_info["origin"]
-        origin_x, origin_y = float(origin["x"]), float(origin["y"])
-        cols, rows = int(tile_info["cols"]), int(tile_info["rows"])
-    except (KeyError, TypeError, ValueError) as exc:
+        origin_x = checked.coordinate(origin["x"], what, "tileInfo.origin.x")
+        origin_y = checked.coordinate(origin["y"], what, "tileInfo.origin.y")
+        cols = checked.tile_pixels(tile_info["cols"], what, "tileInfo.cols")
+        rows = checked.tile_pixels(tile_info["rows"], what, "tileInfo.rows")
+    except (KeyError, TypeError) as exc:
         raise CacheError(f"{what}: tileInfo is incomplete or malformed ({exc!r}).") from exc
     sr_json = tile_info.get("spatialReference") or service.get("spatialReference")
     top_sr = service.get("spatialReference")
@@ -68,12 +68,11 @@ def scheme_from_service_json(service: dict, what: str) -> TilingScheme:
         origin_y=origin_y,
         tile_cols=cols,
         tile_rows=rows,
-        dpi=int(tile_info.get("dpi") or 96),
-        lods=lods,
+        dpi=checked.dpi(tile_info.get("dpi") or 96, what),
+        lods=checked.checked_lods(lods, what),
         tile_format=str(image.get("format") or tile_info.get("format") or "PNG"),
-        compression_quality=int(
-            image.get("compressionQuality") or tile_info.get("compressionQuality") or 0
-        ),
+        compression_quality=checked.quality(
+            image.get("compressionQuality") or tile_info.get("compressionQuality") or 0, what),
         storage_format=storage_format,
         full_extent=parse_extent(service.get("fullExtent")),
         initial_extent=parse_extent(service.get("initialExtent")),
