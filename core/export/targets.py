@@ -53,6 +53,18 @@ class Finish:
     deferred_removals: list = field(default_factory=list)
 
 
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (no-op where folders cannot be opened: Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def target_location(target_dir: Path, name: str, storage: StorageFormat, package: bool
                     ) -> Path:
     """The dataset folder or the package file an export writes."""
@@ -287,6 +299,7 @@ class PackageTarget(Target):
         self._zip.close(first=[name for name, _ in metadata])
         self._zip = None
         os.replace(self._partial, self.output_path)
+        _sync_folder(self.output_path.parent)
         if self.existing is not None:
             self.existing.close()
         shutil.rmtree(self._stage, ignore_errors=True)
@@ -311,16 +324,17 @@ class PackageTarget(Target):
 
     def _metadata(self, scheme, levels, extent, done: Finish, thumbnail: bytes):
         name = self._name
+        item_id = self._zip.content_id()  # the same tiles, the same id: no random ids
         if self._v2:
             return [
-                ("iteminfo.json", iteminfo_json(name, done.geographic_extent)),
+                ("iteminfo.json", iteminfo_json(name, done.geographic_extent, item_id)),
                 ("root.json", root_json(scheme, name, levels[0], levels[-1], extent)),
                 ("thumbnail.png", thumbnail),
             ]
         return [
-            ("esriinfo/item.pkinfo", item_pkinfo(name)),
+            ("esriinfo/item.pkinfo", item_pkinfo(name, item_id)),
             ("esriinfo/iteminfo.xml", iteminfo_xml(
-                name, done.geographic_extent, scheme.spatial_reference.describe())),
+                name, done.geographic_extent, scheme.spatial_reference.describe(), item_id)),
             ("esriinfo/thumbnail/thumbnail.png", thumbnail),
             ("servicedescriptions/mapserver/mapserver.json",
              mapserver_json(scheme, name, extent, done.geographic_extent)),

@@ -78,12 +78,12 @@ def root_json(
     )
 
 
-def iteminfo_json(name: str, geographic: Optional[Extent]) -> bytes:
+def iteminfo_json(name: str, geographic: Optional[Extent], item_id: uuid.UUID) -> bytes:
     return _json(
         {
             "creator": CREATOR,
             "name": name,
-            "guid": str(uuid.uuid4()).upper(),
+            "guid": str(item_id).upper(),
             "version": 1.0,
             "created": 0,
             "snippet": f"Tiles of {name}",
@@ -99,23 +99,24 @@ def iteminfo_json(name: str, geographic: Optional[Extent]) -> bytes:
     )
 
 
-def item_pkinfo(name: str) -> bytes:
+def item_pkinfo(name: str, item_id: uuid.UUID) -> bytes:
     return (
         '<?xml version="1.0" encoding="utf-8" ?>\r\n<pkinfo Culture=\'en-US\'>\r\n'
-        f"<ID>{uuid.uuid4()}</ID>\r\n<name>{escape(name)}</name>\r\n<version>10.3</version>\r\n"
+        f"<ID>{item_id}</ID>\r\n<name>{escape(name)}</name>\r\n<version>10.3</version>\r\n"
         "<size>-1</size>\r\n<created></created>\r\n<type>Tile Package</type>\r\n"
         "<servable>false</servable>\r\n<packagelocation></packagelocation>\r\n"
         "<pkinfolocation></pkinfolocation>\r\n</pkinfo>\r\n"
     ).encode()
 
 
-def iteminfo_xml(name: str, geographic: Optional[Extent], crs_name: str) -> bytes:
+def iteminfo_xml(name: str, geographic: Optional[Extent], crs_name: str,
+                 item_id: uuid.UUID) -> bytes:
     extent = geographic or WORLD
     text = escape(name)
     return (
         '<?xml version="1.0" encoding="utf-8" ?>'
         "<ESRI_ItemInformation Culture='en-US'>"
-        f"<name>{text}</name><guid>{uuid.uuid4()}</guid><catalogpath></catalogpath>"
+        f"<name>{text}</name><guid>{item_id}</guid><catalogpath></catalogpath>"
         f"<snippet>Tiles of {text}</snippet><description></description>"
         f"<summary>Tiles of {text}</summary><title>{text}</title><tags>tiles</tags>"
         "<type>Tile Package</type><typekeywords><typekeyword>Data</typekeyword>"

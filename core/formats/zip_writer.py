@@ -7,9 +7,10 @@ only where sizes or offsets need them (APPNOTE 4.5.3).
 """
 from __future__ import annotations
 
+import os
 import struct
 import threading
-import time
+import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,11 @@ VERSION, VERSION64 = 20, 45
 CHUNK = 16 << 20
 
 
-def _dos_time() -> tuple[int, int]:
-    t = time.localtime()
-    return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), (
-        ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
-    )
+# Every member is stamped 2000-01-01 00:00: the same input and parameters give the same bytes
+# (issue 13), whatever the day of the export.
+FIXED_DOS_TIME = (0, ((2000 - 1980) << 9) | (1 << 5) | 1)
+# Namespace of the content-derived package item ids (uuid5), fixed once.
+CONTENT_ID_NAMESPACE = uuid.UUID("5a0c3a9e-7d6b-4f0e-9a53-2b1f8e4c6d71")
 
 
 @dataclass
@@ -158,7 +159,7 @@ class ZipWriter:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.write_bytes(b"")
-        self.dos_time = _dos_time()
+        self.dos_time = FIXED_DOS_TIME
         self._lock = threading.Lock()
         self._end = 0
         self._entries: dict[str, _Entry] = {}
@@ -187,6 +188,15 @@ class ZipWriter:
                 self._end = entry.offset
                 with open(self.path, "r+b") as handle:
                     handle.truncate(self._end)
+
+    def content_id(self) -> uuid.UUID:
+        """An id derived from the members written so far (name, size, CRC-32), so the same
+        content always gets the same id, and other content another."""
+        with self._lock:
+            members = sorted((name, entry.size, entry.crc)
+                             for name, entry in self._entries.items() if entry.done)
+        text = "\n".join(f"{name} {size} {crc:08x}" for name, size, crc in members)
+        return uuid.uuid5(CONTENT_ID_NAMESPACE, text)
 
     def open_member(self, name: str) -> Optional[FileBytes]:
         """A member written already, read back from the unfinished archive; None when there is
@@ -227,6 +237,8 @@ class ZipWriter:
                 count, start, length = min(count, 0xFFFF), min(start, 0xFFFFFFFF), min(
                     length, 0xFFFFFFFF)
             out.write(END.pack(b"PK\x05\x06", 0, 0, count, count, length, start, 0))
+            out.flush()
+            os.fsync(out.fileno())  # on disk before a rename makes the package visible
 
     def _central(self, entry: _Entry) -> bytes:
         extra = b""
