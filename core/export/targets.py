@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import CacheError
-from ..formats.atomic_file import AtomicFile
+from ..formats.atomic_file import sync_folder, write_synced
 from ..formats.bundle import BundleWriter
 from ..formats.compact_v1 import BundleV1Reader, BundleV1Writer
 from ..formats.compact_v2 import BundleV2Reader, BundleV2Writer
@@ -51,18 +51,6 @@ class Finish:
     touched: set = field(default_factory=set)  # (level, brow, bcol) rewritten by the export
     ranges: dict[int, TileRange] = field(default_factory=dict)  # exported tiles, per level
     deferred_removals: list = field(default_factory=list)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable (no-op where folders cannot be opened: Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def target_location(target_dir: Path, name: str, storage: StorageFormat, package: bool
@@ -181,11 +169,12 @@ class DatasetTarget(Target):
             layers.mkdir(parents=True, exist_ok=True)
             (layers / "_alllayers").mkdir(exist_ok=True)
             lods = scheme.gdal_readable_lods(done.levels)
-            (layers / "conf.xml").write_bytes(write_conf_xml(scheme, lods))
-            (layers / "conf.cdi").write_bytes(write_conf_cdi(extent, scheme.spatial_reference))
+            write_synced(layers / "conf.xml", write_conf_xml(scheme, lods))
+            write_synced(layers / "conf.cdi", write_conf_cdi(extent, scheme.spatial_reference))
             if self._folder.exists():
                 self._folder.rmdir()
             os.replace(self._stage, self._folder)
+            sync_folder(self._folder.parent)
             self._stage = None
             return
         if self._stage is not None:
@@ -194,9 +183,8 @@ class DatasetTarget(Target):
             self._stage = None
         for path in done.deferred_removals:
             Path(path).unlink(missing_ok=True)
-        out = AtomicFile(Path(self.existing.location) / "conf.cdi")
-        out.handle.write(write_conf_cdi(extent, self.existing.scheme.spatial_reference))
-        out.commit()
+        write_synced(Path(self.existing.location) / "conf.cdi",
+                     write_conf_cdi(extent, self.existing.scheme.spatial_reference))
         self.existing.close()
 
     def abort(self) -> None:
@@ -213,6 +201,7 @@ def _move_tree(source: Path, destination: Path) -> None:
         (destination / relative).mkdir(parents=True, exist_ok=True)
         for name in files:
             os.replace(Path(folder) / name, destination / relative / name)
+        sync_folder(destination / relative)
 
 
 class PackageTarget(Target):
@@ -299,7 +288,7 @@ class PackageTarget(Target):
         self._zip.close(first=[name for name, _ in metadata])
         self._zip = None
         os.replace(self._partial, self.output_path)
-        _sync_folder(self.output_path.parent)
+        sync_folder(self.output_path.parent)
         if self.existing is not None:
             self.existing.close()
         shutil.rmtree(self._stage, ignore_errors=True)

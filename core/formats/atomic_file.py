@@ -23,7 +23,33 @@ class Output(Protocol):
     def discard_and_remove_target(self) -> None: ...
 
 
+def sync_folder(folder: Path) -> None:
+    """Make renames and new entries in `folder` durable (no-op where a folder cannot be opened:
+    Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """`data` into `path` through a synced temporary file renamed into place."""
+    out = AtomicFile(path)
+    try:
+        out.handle.write(data)
+        out.commit()
+    finally:
+        out.abort()
+
+
 class AtomicFile:
+    """A file written beside its final name, fsynced, then renamed into place (and the rename
+    synced): after a crash the path holds the old content or the new, never a part."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,8 +57,11 @@ class AtomicFile:
         self.handle = open(self.tmp, "w+b")  # noqa: SIM115 - closed by commit/abort
 
     def commit(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
         self.handle.close()
         os.replace(self.tmp, self.path)
+        sync_folder(self.path.parent)
 
     def abort(self) -> None:
         if not self.handle.closed:
