@@ -30,6 +30,7 @@ from .export.targets import (
     check_writable,
     target_location,
 )
+from .export.verify import verify_output
 from .grid.extent import Extent
 from .grid.spatial_reference import geographic_extent
 from .grid.tiling_scheme import StorageFormat, TileRange, TilingScheme
@@ -78,6 +79,7 @@ class ExportResult:
     byte_count: int
     seconds: float
     levels: list[LevelResult] = field(default_factory=list)
+    verified: str = ""  # what the re-read after writing found (export.verify)
 
 
 def auto_workers() -> int:
@@ -160,7 +162,8 @@ class Exporter:
                 # so possibly removed
                 tasks = sorted(set(tasks).union(
                     plan_bundles(target.existing, self.levels, self.selection)))
-            per_level, finish, extent, ranges = self._summarise(self._run_tasks(target, tasks))
+            results = self._run_tasks(target, tasks)
+            per_level, finish, extent, ranges = self._summarise(results)
             total = sum(s.tiles for s in per_level.values())
             if total == 0 and target.existing is None:
                 raise CacheError(
@@ -172,6 +175,7 @@ class Exporter:
             self._describe(finish, per_level, extent, ranges)
             if self._is_canceled():
                 raise ExportCanceled("The export was canceled; the target was left unchanged.")
+            new = target.existing is None
             target.finish(finish)
         except BaseException:
             target.abort()
@@ -182,6 +186,7 @@ class Exporter:
             byte_count=sum(s.bytes for s in per_level.values()),
             seconds=time.monotonic() - started,
             levels=[per_level[level] for level in self.levels],
+            verified=verify_output(target.output_path, results, exact=new),
         )
 
     def _summarise(self, results: list[BundleResult]

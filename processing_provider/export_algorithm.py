@@ -340,6 +340,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(tr("Exported {} tiles ({} bytes) in {:.2f} s ({:.0f} tiles/s) to {}")
                           .format(result.tile_count, result.byte_count, result.seconds, rate,
                                   result.output_path))
+        feedback.pushInfo(result.verified)
         if source.is_service:
             client = source.layout.client
             feedback.pushInfo(tr("Requests: {}, retried: {}").format(
