@@ -51,7 +51,6 @@ class ExportOptions:
     storage: StorageFormat
     package: bool = False
     overwrite: bool = False
-    staged: bool = False
     workers: int = -1
     name: Optional[str] = None
     geographic_extent: Optional[Extent] = None  # lon/lat of the export, for package metadata
@@ -124,8 +123,8 @@ class Exporter:
         if self.options.package:
             return PackageTarget(self.options.target_dir, name, self.options.storage, scheme,
                                  self.levels)
-        return DatasetTarget(self.options.target_dir, name, self.options.storage,
-                             self.options.staged, scheme, self.levels)
+        return DatasetTarget(self.options.target_dir, name, self.options.storage, scheme,
+                             self.levels)
 
     def run(self) -> ExportResult:
         started = time.monotonic()

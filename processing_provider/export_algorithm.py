@@ -301,9 +301,6 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             storage=storage,
             package=package,
             overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
-            # a download can fail halfway: an existing cache is then only changed at the end
-            staged=source.is_service or self.parameterAsBool(
-                parameters, self.COPY_DATA_FROM_SERVER, context),
             workers=workers,
             geographic_extent=values.lonlat(crs_extent, scheme),
             fail_on_damaged=self.parameterAsBool(parameters, self.FAIL_ON_DAMAGED_TILES, context),

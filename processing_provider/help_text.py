@@ -15,9 +15,10 @@ networking (proxy, SSL, timeouts and authentication settings apply).</p>
 &lt;folder&gt;/&lt;name&gt;/Layers, a package to &lt;folder&gt;/&lt;name&gt;.tpk(x);
 &lt;name&gt; is the input's name.</p>
 <p><b>Export cache type</b> (EXPORT_CACHE_TYPE): CACHE_DATASET or TILE_PACKAGE.</p>
-<p><b>Copy data then move into place</b> (COPY_DATA_FROM_SERVER): when exporting into an existing
-cache, write every changed bundle to a staging folder first and move them into place only when the
-whole export succeeded. New outputs are always built this way.</p>
+<p><b>Copy data then move into place</b> (COPY_DATA_FROM_SERVER): kept for scripts written for
+ArcGIS's tool. Every export now works this way, whatever its value: changed bundles are written to
+a staging folder first and moved into place, through a journal, only when the whole export
+succeeded; an export killed while moving them is completed by the next export into the target.</p>
 <p><b>Storage format</b> (STORAGE_FORMAT_TYPE): COMPACT (V1, .bundle + .bundlx), COMPACT_V2
 (.bundle, ArcGIS 10.3+; the only format GDAL/QGIS can open) or EXPLODED (one file per tile; not
 allowed in a tile package).</p>

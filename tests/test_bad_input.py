@@ -282,11 +282,6 @@ def test_corrupt_bundle_leaves_an_existing_target_unchanged(output, pristine, tm
                          "not a Compact V2 bundle header")
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="issue 13: an update with COPY_DATA_FROM_SERVER=false rewrites the target's bundles "
-    "in place one by one, so 7 of 8 are replaced before the corrupt one is met; all-or-nothing "
-    "updates come with issue 13 (remove this mark then)")
 def test_corrupt_bundle_leaves_an_existing_dataset_unchanged_without_staging(pristine,
                                                                             tmp_path):
     """The default update (COPY_DATA_FROM_SERVER=false) of an existing dataset holding all 8

@@ -104,8 +104,7 @@ def test_parallel_export_into_existing_dataset(many_bundles, tmp_path):
     source = open_cache(str(source_path))
     try:
         result = Exporter(source, [LEVEL], Selection(),
-                          ExportOptions(tmp_path, StorageFormat.COMPACT_V2, staged=True,
-                                        workers=WORKERS)).run()
+                          ExportOptions(tmp_path, StorageFormat.COMPACT_V2, workers=WORKERS)).run()
     finally:
         source.close()
     assert result.tile_count == len(tiles)

@@ -117,16 +117,8 @@ CANCEL_CASES = {
     "update of a tpkx": (1, 1, "package", {}),
     "update of a dataset in place": (0, 1, "dataset", {}),
 }
-IN_PLACE = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="issue 13: an update of an existing dataset with COPY_DATA_FROM_SERVER=false "
-    "replaces bundles one by one, so a cancel leaves it half-updated; all-or-nothing updates "
-    "come with issue 13 (remove this mark then)")
 
-
-@pytest.mark.parametrize("case", [
-    pytest.param(case, marks=IN_PLACE) if case.endswith("in place") else case
-    for case in CANCEL_CASES])
+@pytest.mark.parametrize("case", CANCEL_CASES)
 def test_cancel_stops_within_a_second_and_leaves_nothing_half_written(case, cancel_caches,
                                                                      tmp_path):
     """README: "*Cancel* stops it within a second, leaving nothing half-written" (and Safety:

@@ -1,8 +1,11 @@
 """Where an export writes: a cache dataset folder or a tile package, new or already there.
 
 New outputs are built in a hidden staging folder beside the target and moved into place only
-when complete, so a failed or canceled run leaves nothing half-written. An existing dataset is
-updated bundle by bundle in place, or (staged=True) through a staging copy committed at the end.
+when complete, so a failed or canceled run leaves nothing half-written. An update of an existing
+dataset is staged the same way and applied through a journal (export/journal.py), so a kill at
+any moment leaves the target as before or, once the next export has run, as after; a package is
+rewritten beside the old one and renamed over it. Leftovers of killed runs are removed by the
+next export into the same target, under its lock.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import shutil
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +40,7 @@ from ..grid.tiling_scheme import StorageFormat, TileRange, TilingScheme
 from ..pixels.thumbnail import draw_thumbnail
 from ..sources.local_cache import open_cache
 from ..sources.source import CacheSource
+from .journal import Journal, complete_interrupted, journal_path
 
 COPY_CHUNK = 16 << 20  # large copies: small ones cost more than the disk does (bench/)
 
@@ -136,29 +141,29 @@ def _merged_extent(done: Finish, existing: Optional[CacheSource]) -> Extent:
 class DatasetTarget(Target):
     """`<target>/<name>/Layers/{conf.xml, conf.cdi, _alllayers}`."""
 
-    def __init__(self, target_dir: Path, name: str, storage: StorageFormat, staged: bool,
+    def __init__(self, target_dir: Path, name: str, storage: StorageFormat,
                  scheme: TilingScheme, levels: list[int]):
         self.storage = storage
         check_writable(target_dir)
         self._folder = target_location(target_dir, name, storage, package=False)
         self.output_path = self._folder / "Layers"
+        complete_interrupted(journal_path(self._folder))
+        _remove_leftovers(self._folder)
         self._stage: Optional[Path] = None
         if (self.output_path / "conf.xml").exists():
             self.existing = _open_existing(self.output_path)
             _check_scheme(scheme.with_storage(storage), self.existing, levels)
             final = Path(self.existing.location) / self.existing.layout.prefix
-            if staged:
-                self._stage = target_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
-                super().__init__(self._stage / "Layers" / "_alllayers", final)
-            else:
-                super().__init__(final, None)
+            # an update is staged beside the target and applied through a journal
+            self._stage = _stage_path(self._folder)
+            super().__init__(self._stage / "Layers" / "_alllayers", final)
         else:
             if self._folder.exists() and any(self._folder.iterdir()):
                 raise CacheError(
                     f"{str(self._folder)!r} exists and is not a cache dataset (no "
                     "Layers/conf.xml). Choose another target folder, or empty it."
                 )
-            self._stage = target_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
+            self._stage = _stage_path(self._folder)
             super().__init__(self._stage / "Layers" / "_alllayers", None)
 
     def finish(self, done: Finish) -> None:
@@ -177,15 +182,19 @@ class DatasetTarget(Target):
             sync_folder(self._folder.parent)
             self._stage = None
             return
-        if self._stage is not None:
-            _move_tree(self._stage / "Layers" / "_alllayers", self._final_alllayers)
-            shutil.rmtree(self._stage)
-            self._stage = None
-        for path in done.deferred_removals:
-            Path(path).unlink(missing_ok=True)
-        write_synced(Path(self.existing.location) / "conf.cdi",
-                     write_conf_cdi(extent, self.existing.scheme.spatial_reference))
+        staged_cdi = self._stage / "Layers" / "conf.cdi"
+        write_synced(staged_cdi, write_conf_cdi(extent, self.existing.scheme.spatial_reference))
+        journal = Journal(journal_path(self._folder),
+                          _staged_moves(self._stage / "Layers" / "_alllayers",
+                                        self._final_alllayers),
+                          [str(path) for path in done.deferred_removals])
+        journal.moves.append((str(staged_cdi), str(Path(self.existing.location) / "conf.cdi")))
         self.existing.close()
+        journal.write()
+        journal.apply()
+        shutil.rmtree(self._stage)
+        self._stage = None
+        journal.discard()
 
     def abort(self) -> None:
         if self._stage is not None:
@@ -195,13 +204,29 @@ class DatasetTarget(Target):
             self.existing.close()
 
 
-def _move_tree(source: Path, destination: Path) -> None:
+def _staged_moves(source: Path, destination: Path) -> list[tuple[str, str]]:
+    """Every file staged under `source`, with its place under `destination`."""
+    moves = []
     for folder, _, files in os.walk(source):
         relative = Path(folder).relative_to(source)
-        (destination / relative).mkdir(parents=True, exist_ok=True)
-        for name in files:
-            os.replace(Path(folder) / name, destination / relative / name)
-        sync_folder(destination / relative)
+        moves.extend((str(Path(folder) / name), str(destination / relative / name))
+                     for name in sorted(files))
+    return moves
+
+
+def _stage_path(output: Path) -> Path:
+    """`.<output name>.partial-<random>` beside the dataset folder or package file."""
+    return output.with_name(f".{output.name}.partial-{uuid.uuid4().hex[:8]}")
+
+
+def _remove_leftovers(output: Path) -> None:
+    """Staging folders and files of earlier runs into `output` that were killed (the caller
+    holds the target's lock, so no run of this target is using them)."""
+    for leftover in output.parent.glob(f".{glob_escape(output.name)}.partial-*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 class PackageTarget(Target):
@@ -231,7 +256,8 @@ class PackageTarget(Target):
         if self.output_path.exists():
             self.existing = _open_existing(self.output_path)
             _check_scheme(scheme.with_storage(storage), self.existing, levels)
-        self._stage: Optional[Path] = target_dir / f".{name}.partial-{uuid.uuid4().hex[:8]}"
+        _remove_leftovers(self.output_path)
+        self._stage: Optional[Path] = _stage_path(self.output_path)
         super().__init__(self._stage / self._prefix, None)
         self._partial = self._stage.with_name(self._stage.name + ".zip")
         self._zip: Optional[ZipWriter] = ZipWriter(self._partial)
