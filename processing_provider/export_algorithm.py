@@ -27,6 +27,7 @@ from ..core.export.estimate import LevelEstimate, estimate, format_size
 from ..core.exporter import Exporter, ExportOptions, auto_workers
 from ..core.grid.tiling_scheme import StorageFormat
 from ..core.selection.tile_selection import Selection
+from ..core.sources.http_client import FetchPolicy
 from ..core.sources.service_url import is_service_url
 from ..core.sources.source import CacheSource
 from ..qgis_compat import (
@@ -48,6 +49,7 @@ from .translation import tr
 HELP_URL = "https://github.com/export-map-server-cache/export_map_server_cache#readme"
 UI = __package__.rsplit(".", 1)[0] + ".ui"  # imported by the dialogs only, never by qgis_process
 DEFAULT_MAX_TILES = 100_000  # the REST API's default maxExportTilesCount
+DEFAULT_MAX_TILE_MB = FetchPolicy.max_tile_bytes / (1 << 20)
 MAX_REQUESTS_PER_HOST = 8
 CACHE_TYPES = ("CACHE_DATASET", "TILE_PACKAGE")
 STORAGE_FORMATS = (StorageFormat.COMPACT, StorageFormat.COMPACT_V2, StorageFormat.EXPLODED)
@@ -79,6 +81,7 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
     EXPORT_METHOD = "EXPORT_METHOD"
     RESOLUTIONS = "RESOLUTIONS"
     FAIL_ON_DAMAGED_TILES = "FAIL_ON_DAMAGED_TILES"
+    MAX_TILE_SIZE_MB = "MAX_TILE_SIZE_MB"
     OUTPUT_CACHE_PATH = "OUTPUT_CACHE_PATH"
     TILE_COUNT = "TILE_COUNT"
     BYTE_COUNT = "BYTE_COUNT"
@@ -193,6 +196,11 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
             self.FAIL_ON_DAMAGED_TILES,
             self.tr("Fail on damaged tiles (else they are left out and reported per level)"),
             defaultValue=False, optional=True)))
+        self.addParameter(_advanced(QgsProcessingParameterNumber(
+            self.MAX_TILE_SIZE_MB,
+            self.tr("Largest tile to download, in MiB (services; a larger reply is refused)"),
+            type=NUMBER_DOUBLE, defaultValue=DEFAULT_MAX_TILE_MB, minValue=0.01,
+            optional=True)))
         self.addOutput(QgsProcessingOutputFile(
             self.OUTPUT_CACHE_PATH, self.tr("Exported cache (Layers folder or package file)")))
         self.addOutput(QgsProcessingOutputNumber(

@@ -79,10 +79,12 @@ class ExportParameters:
             return open_cache(resolved.location), None
         transport = QgisTransport(
             workers, resolved.authcfg or self._string("AUTHCFG") or "")
-        rate = self._double("MAX_REQUESTS_PER_SECOND")
+        policy = FetchPolicy(
+            requests_per_second=self._double("MAX_REQUESTS_PER_SECOND"),
+            max_tile_bytes=round((self._double("MAX_TILE_SIZE_MB")
+                                  or FetchPolicy.max_tile_bytes / (1 << 20)) * (1 << 20)))
         try:
-            return open_service(resolved.location, transport, self.token(),
-                                FetchPolicy(requests_per_second=rate)), transport
+            return open_service(resolved.location, transport, self.token(), policy), transport
         except BaseException:
             transport.close()
             raise

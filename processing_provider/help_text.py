@@ -85,5 +85,9 @@ scales.</p>
 must end with IEND, a JPEG with EOI; an index entry must point at the bundle's data). Damaged
 tiles are left out and counted per level in the log; with this option the export stops instead
 and the target is left unchanged.</p>
+<p><b>Largest tile to download</b> (MAX_TILE_SIZE_MB, default 16): a tile reply larger than this
+(by its Content-Length, by what has come, or decoded when compressed) is cut off and the tile
+counted as failed; every request must also be complete within twice QGIS's network timeout,
+so a server that sends a byte a second ends too.</p>
 <p>Outputs: OUTPUT_CACHE_PATH (the Layers folder or the package file), TILE_COUNT (tiles
 exported or estimated) and BYTE_COUNT (bytes of tile data).</p>"""

@@ -9,10 +9,13 @@ tiles slowed the whole desktop down as it went (21,846 requests: 50 s in the des
 logger recording against 18 s without it or in qgis_process)."""
 from __future__ import annotations
 
+import atexit
 import contextlib
+import logging
 import threading
+import time
 from concurrent.futures import Future, wait
-from typing import Callable
+from typing import Callable, Optional
 
 from qgis.core import (
     QgsBlockingNetworkRequest,
@@ -24,15 +27,24 @@ from qgis.PyQt.QtCore import (
     QByteArray,
     QCoreApplication,
     QEventLoop,
+    QMetaObject,
     QRunnable,
     Qt,
     QThread,
     QThreadPool,
+    QTimer,
     QUrl,
 )
 from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
 
-from ..core.sources.http_client import HttpResponse
+from ..core.sources.http_client import HttpResponse, ReplyLimits
+
+LOG = logging.getLogger(__name__)
+
+# how often a reply under way is looked at (_ReplyWatch): what comes in between is what a
+# reply over its limit can take beyond it (a few MB at loopback speed)
+WATCH_INTERVAL_MS = 10
+CLOSE_WAIT_S = 30.0
 
 
 def _prepare_manager() -> None:
@@ -52,7 +64,110 @@ def _prepare_manager() -> None:
             signal.disconnect()
 
 
-_RETIRED: list[QThreadPool] = []  # closed pools whose last requests are still under way
+# closed pools whose last requests are still under way, with their threads' network objects
+_RETIRED: list[tuple[QThreadPool, list]] = []
+
+
+@atexit.register
+def _wait_for_retired() -> None:
+    """Deleting a pool waits for its threads without releasing the GIL, which a request's
+    watch (a Python slot) needs: so the pools are waited for here, where the GIL is released,
+    before the interpreter deletes them (a deadlock seen on 3.22)."""
+    for pool, _ in _RETIRED:
+        pool.waitForDone()
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.3g} MiB"
+
+
+class _ReplyWatch:
+    """Holds one reply to its ReplyLimits while QgsBlockingNetworkRequest waits for it.
+
+    `check` runs from a timer of the request's own thread, whose event loop
+    QgsBlockingNetworkRequest spins, and finds the reply among the children of the thread's
+    network manager (one request at a time per thread). It only reads the reply's state and
+    posts an abort to it (QNetworkReply.abort finishes it; the request's own abort() in 3.22
+    leaves it waiting forever, qgis-notes §7): Python code holding the GIL must not make Qt
+    emit or disconnect (reply.abort(), setReadBufferSize, read all do), because other threads
+    take the GIL while holding Qt's signal-slot locks (a deadlock seen on 3.22)."""
+
+    def __init__(self, limits: ReplyLimits, deadline: Optional[float],
+                 canceled: threading.Event):
+        self._limits, self._canceled = limits, canceled
+        self._deadline = None if deadline is None else time.monotonic() + deadline
+        self._deadline_text = f"{deadline:g} s" if deadline is not None else ""
+        self.refused = ""
+        self._aborted = False
+
+    def check(self) -> None:
+        if self._aborted:
+            return
+        for reply in QgsNetworkAccessManager.instance().findChildren(QNetworkReply):
+            try:
+                if not reply.isFinished():
+                    self._check(reply)
+            except RuntimeError:  # a reply deleted since (a redirect's, an earlier request's)
+                continue
+
+    def _check(self, reply: QNetworkReply) -> None:
+        if not self._canceled.is_set():
+            length = reply.header(QNetworkRequest.KnownHeaders.ContentLengthHeader)
+            if (reply.bytesAvailable() > self._limits.max_bytes
+                    or (length is not None and int(length) > self._limits.max_bytes)):
+                self._refuse_size()
+            elif self._deadline is not None and time.monotonic() > self._deadline:
+                self.refused = f"reply not complete within {self._deadline_text}"
+            else:
+                return
+        # run by the thread's event loop, outside Python
+        QMetaObject.invokeMethod(reply, "abort", Qt.ConnectionType.QueuedConnection)
+        self._aborted = True
+
+    def check_size(self, size: int) -> None:
+        """The whole reply's size: one that came between two looks is held to the limit too."""
+        if size > self._limits.max_bytes and not self.refused:
+            self._refuse_size()
+
+    def _refuse_size(self) -> None:
+        self.refused = f"reply larger than {_mib(self._limits.max_bytes)}"
+
+
+class _ThreadNetwork:
+    """The Qt objects a pool thread makes all its requests with, made once when the thread is
+    prepared and kept until the pool is gone. Deleting or connecting a Python-made QObject
+    takes Qt's signal-slot locks while holding the GIL, and QgsBlockingNetworkRequest, deleting
+    its event loop, takes the GIL (a Python-made object's disconnectNotify) while holding one
+    of them: made per request, they deadlocked (seen on 3.22)."""
+
+    def __init__(self, authcfg: str):
+        self.request = QgsBlockingNetworkRequest()
+        if authcfg:
+            self.request.setAuthCfg(authcfg)
+        self._timer = QTimer()
+        self._timer.timeout.connect(self._look)
+        self._watch: Optional[_ReplyWatch] = None
+
+    def _look(self) -> None:
+        """A slot: an exception escaping it would end the process (PyQt 5.5+)."""
+        if self._watch is None:
+            return
+        self._timer.setInterval(WATCH_INTERVAL_MS)
+        try:
+            self._watch.check()
+        except Exception:  # noqa: BLE001 (logged; the request goes on unwatched this time)
+            LOG.exception("Looking at a reply under way failed")
+
+    def watched(self, watch: _ReplyWatch, send: Callable[[QgsBlockingNetworkRequest], int]
+                ) -> int:
+        """`send(request)` with `watch` looking at its reply all along."""
+        self._watch = watch
+        self._timer.start(0)  # the first look caps the read buffer before the body comes
+        try:
+            return send(self.request)
+        finally:
+            self._timer.stop()
+            self._watch = None
 
 
 class _Job(QRunnable):
@@ -84,6 +199,8 @@ class QgisTransport:
         self._canceled = threading.Event()
         self._lock = threading.Lock()
         self._jobs: set[_Job] = set()
+        self._local = threading.local()
+        self._networks: list[_ThreadNetwork] = []  # deleted with the pool, never before
         self._prepare_threads()
 
     def _prepare_threads(self) -> None:
@@ -94,6 +211,7 @@ class QgisTransport:
 
         def prepare() -> None:
             _prepare_manager()
+            self._thread_network()
             ready.wait()  # holds this thread, so that every job lands on a thread of its own
 
         futures = [self.submit(prepare) for _ in range(self._concurrency)]
@@ -131,27 +249,42 @@ class QgisTransport:
             self._jobs.discard(job)
 
     def cancel(self) -> None:
-        """Later requests fail at once; those under way finish on their own. (Aborting them
-        through a QgsFeedback left QgsBlockingNetworkRequest stuck in 3.22, qgis-notes §7.)"""
+        """Later requests fail at once; those under way are aborted by their watches."""
         self._canceled.set()
 
     def close(self) -> None:
-        """Returns at once: the pool is kept alive until its last request has finished."""
+        """Cancels, and waits a little for the requests under way (their watches abort them);
+        a pool still busy after that is kept alive until its last request has finished."""
         self.cancel()
-        _RETIRED[:] = [pool for pool in _RETIRED if pool.activeThreadCount()]
+        waited_until = time.monotonic() + CLOSE_WAIT_S
+        while self._pool.activeThreadCount() and time.monotonic() < waited_until:
+            self._pool.waitForDone(50)
+            self.idle()
+        _RETIRED[:] = [retired for retired in _RETIRED if retired[0].activeThreadCount()]
         if self._pool.activeThreadCount():
-            _RETIRED.append(self._pool)
+            _RETIRED.append((self._pool, self._networks))
 
-    def get(self, url: str, headers: dict[str, str]) -> HttpResponse:
-        return self._request(url, headers, None)
+    def _thread_network(self) -> _ThreadNetwork:
+        """This pool thread's network objects (made when the thread was prepared)."""
+        network = self._local.__dict__.get("network")
+        if network is None:
+            network = self._local.network = _ThreadNetwork(self._authcfg)
+            with self._lock:
+                self._networks.append(network)
+        return network
 
-    def post(self, url: str, form: bytes, headers: dict[str, str]) -> HttpResponse:
+    def get(self, url: str, headers: dict[str, str], limits: ReplyLimits) -> HttpResponse:
+        return self._request(url, headers, None, limits)
+
+    def post(self, url: str, form: bytes, headers: dict[str, str],
+             limits: ReplyLimits) -> HttpResponse:
         """A form POST (QgsBlockingNetworkRequest.post): an exportTiles job whose area of
         interest is too long for a URL."""
         return self._request(url, {**headers, "Content-Type":
-                                   "application/x-www-form-urlencoded"}, form)
+                                   "application/x-www-form-urlencoded"}, form, limits)
 
-    def _request(self, url: str, headers: dict[str, str], form) -> HttpResponse:
+    def _request(self, url: str, headers: dict[str, str], form, limits: ReplyLimits
+                 ) -> HttpResponse:
         if self._canceled.is_set():
             return HttpResponse(None, {}, b"", "canceled")
         request = QNetworkRequest(QUrl.fromEncoded(url.encode("ascii")))
@@ -161,12 +294,17 @@ class QgisTransport:
         request.setAttribute(QNetworkRequest.Attribute.CacheLoadControlAttribute,
                              QNetworkRequest.CacheLoadControl.AlwaysNetwork)
         request.setAttribute(QNetworkRequest.Attribute.CacheSaveControlAttribute, False)
-        blocking = QgsBlockingNetworkRequest()
-        if self._authcfg:
-            blocking.setAuthCfg(self._authcfg)
-        code = (blocking.get(request, True) if form is None  # never a stale tile from a cache
-                else blocking.post(request, QByteArray(form), True))
-        reply = blocking.reply()
+        timeout = QgsNetworkAccessManager.timeout()
+        deadline = 2 * timeout / 1000 if timeout > 0 and limits.deadline else None
+        watch = _ReplyWatch(limits, deadline, self._canceled)
+        network = self._thread_network()
+        code = network.watched(watch, lambda blocking: (
+            blocking.get(request, True) if form is None  # never a stale cached tile
+            else blocking.post(request, QByteArray(form), True)))
+        reply = network.request.reply()
+        watch.check_size(reply.content().size())
+        if watch.refused:
+            return HttpResponse(None, {}, b"", error=watch.refused, refused=watch.refused)
         status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
         error = reply.error()
         canceled = self._canceled.is_set()

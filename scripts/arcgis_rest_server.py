@@ -442,6 +442,8 @@ class ArcGISRestServer:
         port: int = 0,
     ) -> None:
         self.options = options or ServerOptions()
+        if self.options.fault == "gzip_bomb":
+            _gzip_bomb()  # seconds of compression, done before any client waits for it
         self.log = RequestLog()
         self.host, self.port = host, port
         self._by_key: dict[str, _Service] = {}
@@ -701,13 +703,16 @@ class ArcGISRestServer:
         data = path.read_bytes()
         start, status, extra = 0, 200, {"Accept-Ranges": "bytes"}
         asked = (headers.get("Range") or "").strip()
-        if asked.startswith("bytes=") and asked[6:].split("-")[0].isdigit():
-            start = int(asked[6:].split("-")[0])
+        end = len(data) - 1
+        first, _, last = asked[6:].partition("-")
+        if asked.startswith("bytes=") and first.isdigit():
+            start = int(first)
             if start >= len(data):
                 return _error(416, "Range Not Satisfiable")
+            end = min(end, int(last)) if last.isdigit() else end
             status = 206
-            extra["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        body = data[start:]
+            extra["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        body = data[start:end + 1]
         if self.jobs.take_drop():  # the connection drops after half of the body
             return _Reply(status, body[:len(body) // 2], "application/octet-stream", extra,
                           declared_length=len(body))

@@ -20,6 +20,8 @@ from cache_factory import read_output, web_mercator_scheme, write_cache  # noqa:
 from recording import recording_feedback  # noqa: E402
 
 from export_map_server_cache.core.grid.tiling_scheme import TileRange  # noqa: E402
+from export_map_server_cache.core.sources.export_job import PACKAGE_PART  # noqa: E402
+from export_map_server_cache.core.sources.http_client import ReplyLimits  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("plugin_provider")
 
@@ -178,9 +180,26 @@ def test_a_dropped_download_is_resumed_with_range(serve, cache, tmp_path):
     assert read_output(Path(result["OUTPUT_CACHE_PATH"]), "tpkx") == read_output(by_job, "tpkx")
     downloads = [e for e in server.log.entries() if e.kind == "download" and "." in e.path]
     assert len(downloads) == 2
-    assert "range" not in downloads[0].headers
-    assert downloads[1].headers["range"].startswith("bytes=") and downloads[1].status == 206
-    assert int(downloads[1].headers["range"][6:].rstrip("-")) > 0
+    # parts of at most PACKAGE_PART bytes, the second from where the dropped one stopped
+    first, second = (entry.headers["range"] for entry in downloads)
+    assert first == f"bytes=0-{PACKAGE_PART - 1}" and downloads[1].status == 206
+    start, _, end = second[6:].partition("-")
+    assert int(start) > 0 and int(end) == int(start) + PACKAGE_PART - 1
+
+
+def test_a_package_is_downloaded_in_range_parts(serve, cache, tmp_path, monkeypatch):
+    """Never more than a part held at once: a package larger than a part comes in several."""
+    from export_map_server_cache.core.sources import export_job
+
+    monkeypatch.setattr(export_job, "PACKAGE_PART", 64 << 10)
+    monkeypatch.setattr(export_job, "PACKAGE_LIMITS", ReplyLimits(64 << 10, deadline=False))
+    by_job, by_tiles, server = both_ways(serve, cache, tmp_path, "tpkx", LEVELS="0-3")
+    assert read_output(by_job, "tpkx") == read_output(by_tiles, "tpkx")
+    downloads = [e for e in server.log.entries() if e.kind == "download" and "." in e.path]
+    assert len(downloads) > 1 and all(entry.status == 206 for entry in downloads)
+    assert [entry.headers["range"] for entry in downloads] == [
+        f"bytes={start}-{start + (64 << 10) - 1}"
+        for start in range(0, len(downloads) << 16, 64 << 10)]
 
 
 def test_hosted_jobs_give_their_output_url(serve, cache, tmp_path):

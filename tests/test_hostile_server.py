@@ -16,15 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import QGIS_PROCESS  # noqa: E402
 from test_http_export import SAMPLE, export_error  # noqa: E402
 
-pytestmark = [
-    pytest.mark.usefixtures("plugin_provider"),
-    # not run: they hang until the test timeout today (the client waits out every hostile body)
-    pytest.mark.xfail(run=False, strict=True, reason=(
-        "issue 13 item 6 is not done: QgsBlockingNetworkRequest buffers a reply whole and has "
-        "no size cap or whole-transfer deadline; a Python slot on its progress signal (to "
-        "abort it) deadlocked against the GIL while the main thread freed a thread pool "
-        "(seen on 3.22), so no client-side guard is in place yet")),
-]
+pytestmark = pytest.mark.usefixtures("plugin_provider")
 
 ALG = "mapservercache:exportmapservercache"
 NETWORK_TIMEOUT_MS = 2000  # QGIS's setting: a whole transfer may take twice that
@@ -90,3 +82,13 @@ def test_memory_stays_bounded_whatever_the_server_sends(fault, serve, tmp_path,
                                        tmp_path / "hostile.log")
     assert TOO_LARGE in output, output[-2000:]
     assert peak < baseline + PEAK_RSS_MARGIN, (peak >> 20, baseline >> 20)
+
+
+def test_the_tile_size_cap_is_adjustable(serve, tmp_path):
+    """MAX_TILE_SIZE_MB: an honest server's tiles above a lowered cap are refused, not kept."""
+    server = serve({"world": SAMPLE})
+    message = export_error({"INPUT_SERVICE": server.service_url("world"), "LEVELS": "0-1",
+                            "TARGET_CACHE_PATH": str(tmp_path / "out"),
+                            "MAX_TILE_SIZE_MB": 0.02})  # 20 KiB: the sample's tiles are larger
+    assert "could not be downloaded" in message and "reply larger than 0.02 MiB" in message, \
+        message

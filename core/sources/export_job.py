@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from urllib.parse import urlencode, urlsplit
 
 from ..errors import CacheError, ExportCanceled
-from .http_client import HttpResponse, ServiceClient
+from .http_client import HttpResponse, ReplyLimits, ServiceClient
 
 LOG = logging.getLogger(__name__)
 
@@ -26,7 +26,11 @@ ENDED_BADLY = frozenset({"esriJobFailed", "esriJobTimedOut", "esriJobCancelled"}
 MAX_URL = 2000  # longer exportTiles requests (a detailed area of interest) are POSTed
 PACKAGE_SUFFIXES = (".tpkx", ".tpk")
 ZIP_MAGIC = b"PK\x03\x04"
-DOWNLOAD_ATTEMPTS = 6
+DOWNLOAD_ATTEMPTS = 6  # failed requests of one package download
+# a package is downloaded in HTTP Range parts of this size (what is held at once), each of which
+# may take its time
+PACKAGE_PART = 64 << 20
+PACKAGE_LIMITS = ReplyLimits(PACKAGE_PART, deadline=False)
 
 
 @dataclass(frozen=True)
@@ -161,20 +165,29 @@ class ServerJob:
 
     def _download(self, url: str, folder: Path,
                   progress: Callable[[int, Optional[int]], None]) -> Path:
-        """The package, written to `folder`; resumed with Range where a connection dropped."""
+        """The package, written to `folder` in Range parts; a dropped part is asked again
+        from where it stopped."""
         name = Path(urlsplit(url).path).name
         path = folder / f"{self.job_id}-{name}"
         total: Optional[int] = None
         transport = self.client.transport
+        failures = 0
         with open(path, "wb") as out:
-            for _attempt in range(DOWNLOAD_ATTEMPTS):
+            while True:
                 if self.is_canceled():
                     raise ExportCanceled("The export was stopped.")
                 done = out.tell()
-                headers = {**self.client.headers, **({"Range": f"bytes={done}-"} if done else {})}
-                response = transport.result(transport.submit(transport.get, url, headers))
+                headers = {**self.client.headers,
+                           "Range": f"bytes={done}-{done + PACKAGE_PART - 1}"}
+                response = transport.result(transport.submit(
+                    transport.get, url, headers, PACKAGE_LIMITS))
                 with self.client.count_lock:
                     self.client.requests += 1
+                if response.refused:
+                    raise CacheError(
+                        f"The download of the package of job {self.job_id} was stopped: "
+                        f"{response.refused} in one answer (the server ignores HTTP Range "
+                        "requests, so a package this large cannot be downloaded in parts).")
                 body = _package_bytes(response, done, self.job_id)
                 if done and response.status == 200:  # the server ignored Range: start over
                     out.seek(0)
@@ -185,10 +198,15 @@ class ServerJob:
                 if total is not None and out.tell() >= total or (
                         total is None and not response.error):
                     return path
-                LOG.info("The download of job %s's package stopped at %d of %s bytes (%s): "
-                         "resuming.", self.job_id, out.tell(), total, response.error or "short")
-        raise CacheError(f"The package of the server's job {self.job_id} could not be "
-                         f"downloaded whole after {DOWNLOAD_ATTEMPTS} attempts.")
+                if response.error or not body:
+                    failures += 1
+                    if failures == DOWNLOAD_ATTEMPTS:
+                        raise CacheError(
+                            f"The package of the server's job {self.job_id} could not be "
+                            f"downloaded whole: {DOWNLOAD_ATTEMPTS} requests failed.")
+                    LOG.info("The download of job %s's package stopped at %d of %s bytes (%s):"
+                             " resuming.", self.job_id, out.tell(), total,
+                             response.error or "short")
 
 
 def _package_bytes(response: HttpResponse, done: int, job_id: str) -> bytes:

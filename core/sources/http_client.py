@@ -32,6 +32,23 @@ MAX_ERROR_PAGE = 64 << 10
 SERVICE_ATTEMPTS = 3
 
 
+MAX_JSON_BYTES = 64 << 20  # a service's JSON, a tilemap, a job's status
+
+
+@dataclass(frozen=True)
+class ReplyLimits:
+    """What one reply may cost. The transport cuts it short (and says why in
+    `HttpResponse.refused`) when its body, decoded, passes `max_bytes` or, with `deadline`, when
+    the whole transfer outlasts twice the network timeout (a server that trickles a byte a
+    second never goes silent)."""
+
+    max_bytes: int
+    deadline: bool = True
+
+
+JSON_LIMITS = ReplyLimits(MAX_JSON_BYTES)
+
+
 @dataclass
 class HttpResponse:
     status: Optional[int]  # None when no HTTP answer came (network error, timeout, abort)
@@ -39,15 +56,17 @@ class HttpResponse:
     body: bytes
     error: str = ""  # the transport's error text, "" when the transfer itself succeeded
     timed_out: bool = False
+    refused: str = ""  # why the transport cut the reply short (ReplyLimits), "" when it did not
 
 
 class Transport(Protocol):
     """How the engine reaches the network; the plugin implements it with QGIS networking."""
 
-    def get(self, url: str, headers: dict[str, str]) -> HttpResponse:
+    def get(self, url: str, headers: dict[str, str], limits: ReplyLimits) -> HttpResponse:
         """One blocking GET; only called from inside functions given to `submit`."""
 
-    def post(self, url: str, form: bytes, headers: dict[str, str]) -> HttpResponse:
+    def post(self, url: str, form: bytes, headers: dict[str, str],
+             limits: ReplyLimits) -> HttpResponse:
         """One blocking POST of a form-encoded body (an exportTiles job with a long area of
         interest); like `get`, only called from inside functions given to `submit`."""
 
@@ -76,6 +95,7 @@ class FetchPolicy:
     backoff_cap: float = 30.0
     retry_after_cap: float = 300.0  # a longer Retry-After is waited for this long at most
     requests_per_second: float = 0.0  # 0 = unlimited
+    max_tile_bytes: int = 16 << 20  # a larger tile is refused, not buffered
 
 
 class TileFailed(Exception):
@@ -174,7 +194,7 @@ class ServiceClient:
         what = f"{self.service}{path}"
         try:
             return self.transport.result(self.transport.submit(
-                self._with_retries, url, what, _check_json, SERVICE_ATTEMPTS))
+                self._with_retries, url, what, _check_json, JSON_LIMITS, SERVICE_ATTEMPTS))
         except TileFailed as exc:
             raise CacheError(
                 f"The service at {self.service} did not answer usably: {exc.reason} (after "
@@ -188,7 +208,8 @@ class ServiceClient:
         POSTed there; the token goes as a header, as for every request."""
         try:
             return self.transport.result(self.transport.submit(
-                self._with_retries, url, what, _check_json, SERVICE_ATTEMPTS, form))
+                self._with_retries, url, what, _check_json, JSON_LIMITS, SERVICE_ATTEMPTS,
+                form))
         except TileFailed as exc:
             raise CacheError(f"{what} did not answer usably: {exc.reason}.") from None
 
@@ -201,7 +222,8 @@ class ServiceClient:
         """The tile's bytes, None when the service has no such tile (404 or blank tile).
         Runs on a network thread (see `Transport.submit`)."""
         url = self.service.url(f"/tile/{level}/{row}/{col}", {"blankTile": "false"})
-        data = self._with_retries(url, f"tile {level}/{row}/{col}", _check_tile)
+        data = self._with_retries(url, f"tile {level}/{row}/{col}", _check_tile,
+                                  ReplyLimits(self.policy.max_tile_bytes))
         if data is not None:
             with self.count_lock:
                 self.tiles[level] += 1
@@ -212,19 +234,19 @@ class ServiceClient:
         """The tilemap of a window (esri-formats §7.3); None for HTTP 422 (no tile in it)."""
         path = f"/tilemap/{level}/{row}/{col}/{width}/{height}"
         return self._with_retries(self.service.url(path, {"f": "json"}), f"tilemap {path}",
-                                  _check_tilemap, SERVICE_ATTEMPTS)
+                                  _check_tilemap, JSON_LIMITS, SERVICE_ATTEMPTS)
 
     # -- retries ---------------------------------------------------------------------------
 
     def _with_retries(self, url: str, what: str, check: Callable[[HttpResponse], object],
-                      attempts: int = 0, form: Optional[bytes] = None):
+                      limits: ReplyLimits, attempts: int = 0, form: Optional[bytes] = None):
         attempts = min(attempts or self.policy.max_attempts, self.policy.max_attempts)
         for attempt in range(1, attempts + 1):
             if self.stop.is_set():
                 raise ExportCanceled("The export was stopped.")
             self.throttle.wait_turn()
-            response = (self.transport.get(url, self._headers) if form is None
-                        else self.transport.post(url, form, self._headers))
+            response = (self.transport.get(url, self._headers, limits) if form is None
+                        else self.transport.post(url, form, self._headers, limits))
             with self.count_lock:
                 self.requests += 1
             if self.stop.is_set():
@@ -313,6 +335,8 @@ def _html_error(body: bytes) -> Optional[tuple[int, str]]:
 
 def _check_http(response: HttpResponse) -> None:
     """Raise for what every kind of request treats alike: transport errors, auth, 5xx, 429."""
+    if response.refused:  # the same server would send the same again
+        raise _Retry(response.refused, retryable=False)
     if response.timed_out:
         raise _Retry("timeout")
     status = response.status
