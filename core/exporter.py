@@ -11,12 +11,14 @@ import os
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import CacheError, Concern, ExportCanceled
-from .export.bundle_job import BundleJob, BundleResult
+from .export.bundle_job import BundleJob
+from .export.bundle_result import BundleResult
+from .export.checkpoint import plan_key
 from .export.disk_space import check_free_space, stored_bytes
 from .export.plan import plan_bundles
 from .export.pool import run_pool
@@ -124,7 +126,18 @@ class Exporter:
             return PackageTarget(self.options.target_dir, name, self.options.storage, scheme,
                                  self.levels)
         return DatasetTarget(self.options.target_dir, name, self.options.storage, scheme,
-                             self.levels)
+                             self.levels, self._plan_key())
+
+    def _plan_key(self) -> str:
+        """What makes this export this export (export/checkpoint.py): its input as it is now,
+        its levels and selection, and every option that changes a byte of the output."""
+        options = asdict(self.options)
+        for irrelevant in ("target_dir", "workers", "geographic_extent"):
+            del options[irrelevant]
+        return plan_key({"input": str(self.source.location),
+                         "input_state": _file_state(self.source.location),
+                         "levels": self.levels, "selection": self.selection.identity(),
+                         "options": options})
 
     def run(self) -> ExportResult:
         started = time.monotonic()
@@ -161,7 +174,7 @@ class Exporter:
                 # so possibly removed
                 tasks = sorted(set(tasks).union(
                     plan_bundles(target.existing, self.levels, self.selection)))
-            results = self._run_tasks(target, tasks)
+            results = self._resume(target, tasks)
             per_level, finish, extent, ranges = self._summarise(results)
             total = sum(s.tiles for s in per_level.values())
             if total == 0 and target.existing is None:
@@ -187,6 +200,19 @@ class Exporter:
             levels=[per_level[level] for level in self.levels],
             verified=verify_output(target.output_path, results, exact=new),
         )
+
+    def _resume(self, target: Target, tasks: list[tuple[int, int, int]]
+                ) -> list[BundleResult]:
+        """The bundles a killed run of this same export finished (intact) are kept; the rest
+        are done now."""
+        done = target.finished_before()
+        if done:
+            kept = [task for task in tasks if task in done]
+            self._report(f"Resuming: {len(kept)} of {len(tasks)} bundles already done by an "
+                         "interrupted run of this export (checked and kept).")
+            tasks = [task for task in tasks if task not in done]
+            return [done[task] for task in kept] + self._run_tasks(target, tasks)
+        return self._run_tasks(target, tasks)
 
     def _summarise(self, results: list[BundleResult]
                    ) -> tuple[dict[int, LevelResult], Finish, Optional[Extent],
@@ -306,9 +332,23 @@ class Exporter:
             self._stop.set()
             layout.cancel()
 
-        run_pool(lambda task: job.run(*task), tasks, workers, on_result, layout.idle, tick,
-                 on_failure)
+        def work(task: tuple[int, int, int]) -> BundleResult:
+            result = job.run(*task)
+            target.bundle_finished(result)
+            return result
+
+        run_pool(work, tasks, workers, on_result, layout.idle, tick, on_failure)
         return results
+
+
+def _file_state(location: str) -> Optional[tuple[int, int]]:
+    """Size and modification time of a local input (None for a service): a changed input
+    makes another export."""
+    try:
+        state = os.stat(location)
+    except (OSError, ValueError):
+        return None
+    return state.st_size, state.st_mtime_ns
 
 
 def _levels_text(levels: list[int]) -> str:

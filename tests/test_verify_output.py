@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cache_factory import web_mercator_scheme, write_cache  # noqa: E402
 
 from export_map_server_cache.core.errors import CacheError  # noqa: E402
-from export_map_server_cache.core.export.bundle_job import BundleResult  # noqa: E402
+from export_map_server_cache.core.export.bundle_result import BundleResult  # noqa: E402
 from export_map_server_cache.core.export.verify import verify_output  # noqa: E402
 from export_map_server_cache.core.exporter import Exporter, ExportOptions  # noqa: E402
 from export_map_server_cache.core.grid.tiling_scheme import StorageFormat, TileRange  # noqa: E402

@@ -9,7 +9,6 @@ package member is reserved at its final size before the first byte is read.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -22,6 +21,7 @@ from ..formats.records import copy_records
 from ..grid.tiling_scheme import PACKET_SIZE, StorageFormat, TileRange
 from ..pixels.composer import Action, BundleComposer, PixelOptions
 from ..selection.tile_selection import Selection
+from .bundle_result import BundleResult
 from .targets import Target
 
 CANCEL_CHECK_EVERY = 256
@@ -31,19 +31,6 @@ PRECOMPUTED_BYTES = 32 << 20
 
 Tile = tuple[int, int, BundleReader]  # (row, col, the reader holding it)
 Segment = tuple[Action, list[tuple[int, int]], Optional[list[int]]]
-
-
-@dataclass
-class BundleResult:
-    level: int
-    brow: int
-    bcol: int
-    tiles: int = 0  # tiles exported from the source
-    bytes: int = 0  # their bytes
-    tile_range: Optional[TileRange] = None  # their bounds
-    touched: bool = False  # the target's bundle was written (or dropped): not to be copied
-    removals: list = field(default_factory=list)  # files to delete when the export commits
-    damaged: dict = field(default_factory=dict)  # (row, col) -> what is wrong: left out
 
 
 class _Damaged(Exception):

@@ -44,6 +44,11 @@ class Journal:
 
     def write(self) -> None:
         """Durably record the update: after this returns, it will be completed."""
+        try:
+            _check_confined(self)
+        except ValueError as exc:
+            raise CacheError(f"The update of the target was stopped before it began: {exc}.",
+                             Concern.TARGET) from exc
         _kill_point(-1)
         temporary = self.path.with_name(self.path.name + ".tmp")
         write_synced(temporary, json.dumps({"moves": self.moves,

@@ -9,6 +9,7 @@ next export into the same target, under its lock.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -24,6 +25,7 @@ from ..formats.bundle import BundleWriter
 from ..formats.compact_v1 import BundleV1Reader, BundleV1Writer
 from ..formats.compact_v2 import BundleV2Reader, BundleV2Writer
 from ..formats.conf_xml import write_conf_cdi, write_conf_xml
+from ..formats.exploded import block_files
 from ..formats.layout import bundle_name, level_folder
 from ..formats.package_metadata import (
     item_pkinfo,
@@ -40,7 +42,11 @@ from ..grid.tiling_scheme import StorageFormat, TileRange, TilingScheme
 from ..pixels.thumbnail import draw_thumbnail
 from ..sources.local_cache import open_cache
 from ..sources.source import CacheSource
+from .bundle_result import BundleResult
+from .checkpoint import CHECKPOINT_NAME, Bundle, Checkpoint, record_files
 from .journal import Journal, complete_interrupted, journal_path
+
+LOG = logging.getLogger(__name__)
 
 COPY_CHUNK = 16 << 20  # large copies: small ones cost more than the disk does (bench/)
 
@@ -123,6 +129,14 @@ class Target(ABC):
     def bundle_done(self, level: int, brow: int, bcol: int) -> None:  # noqa: B027 (a hook)
         """Called in the export's thread when a worker has committed a bundle."""
 
+    def finished_before(self) -> dict[Bundle, BundleResult]:
+        """Bundles an interrupted (killed) run of the same export finished and left intact:
+        kept, not done again."""
+        return {}
+
+    def bundle_finished(self, result: BundleResult) -> None:  # noqa: B027 (a hook)
+        """Called in the worker's thread when the work on a bundle is over."""
+
     @abstractmethod
     def finish(self, done: Finish) -> None:
         """Write the cache's description and make the export final."""
@@ -142,20 +156,23 @@ class DatasetTarget(Target):
     """`<target>/<name>/Layers/{conf.xml, conf.cdi, _alllayers}`."""
 
     def __init__(self, target_dir: Path, name: str, storage: StorageFormat,
-                 scheme: TilingScheme, levels: list[int]):
+                 scheme: TilingScheme, levels: list[int], plan_key: str):
         self.storage = storage
         check_writable(target_dir)
         self._folder = target_location(target_dir, name, storage, package=False)
         self.output_path = self._folder / "Layers"
-        complete_interrupted(journal_path(self._folder))
-        _remove_leftovers(self._folder)
-        self._stage: Optional[Path] = None
+        # the stage is named for the export, so that the same export run again resumes there
+        self._stage: Optional[Path] = _stage_path(self._folder, plan_key)
+        if complete_interrupted(journal_path(self._folder)):
+            shutil.rmtree(self._stage, ignore_errors=True)  # its work is in the target now
+        _remove_leftovers(self._folder, keep=self._stage)
+        _remove_temporaries(self._stage)
+        self._checkpoint = Checkpoint(self._stage, plan_key)
         if (self.output_path / "conf.xml").exists():
             self.existing = _open_existing(self.output_path)
             _check_scheme(scheme.with_storage(storage), self.existing, levels)
             final = Path(self.existing.location) / self.existing.layout.prefix
             # an update is staged beside the target and applied through a journal
-            self._stage = _stage_path(self._folder)
             super().__init__(self._stage / "Layers" / "_alllayers", final)
         else:
             if self._folder.exists() and any(self._folder.iterdir()):
@@ -163,12 +180,30 @@ class DatasetTarget(Target):
                     f"{str(self._folder)!r} exists and is not a cache dataset (no "
                     "Layers/conf.xml). Choose another target folder, or empty it."
                 )
-            self._stage = _stage_path(self._folder)
             super().__init__(self._stage / "Layers" / "_alllayers", None)
+
+    def finished_before(self) -> dict[Bundle, BundleResult]:
+        return self._checkpoint.resume()
+
+    def bundle_finished(self, result: BundleResult) -> None:
+        """Recorded in the checkpoint with its files' sizes and SHA-256."""
+        files = self._bundle_files(result) if result.touched else []
+        self._checkpoint.record(result, record_files(self._stage, files))
+
+    def _bundle_files(self, result: BundleResult) -> list[Path]:
+        """The files of a bundle as written in the stage (none for a bundle left empty)."""
+        level_dir = self.work_alllayers / level_folder(result.level)
+        if self.storage is StorageFormat.EXPLODED:
+            return block_files(level_dir, result.brow, result.bcol)
+        stem = level_dir / bundle_name(result.brow, result.bcol)
+        suffixes = [".bundle"] if self.storage is StorageFormat.COMPACT_V2 else [
+            ".bundle", ".bundlx"]
+        return [path for path in map(stem.with_suffix, suffixes) if path.exists()]
 
     def finish(self, done: Finish) -> None:
         scheme = done.scheme.with_storage(self.storage)
         extent = _merged_extent(done, self.existing)
+        self._checkpoint.discard()
         if self.existing is None:
             layers = self._stage / "Layers"
             layers.mkdir(parents=True, exist_ok=True)
@@ -197,6 +232,9 @@ class DatasetTarget(Target):
         journal.discard()
 
     def abort(self) -> None:
+        """A failed or canceled export leaves nothing (only a killed one leaves its stage and
+        checkpoint, for the same export to resume)."""
+        self._checkpoint.discard()
         if self._stage is not None:
             shutil.rmtree(self._stage, ignore_errors=True)
             self._stage = None
@@ -214,19 +252,32 @@ def _staged_moves(source: Path, destination: Path) -> list[tuple[str, str]]:
     return moves
 
 
-def _stage_path(output: Path) -> Path:
-    """`.<output name>.partial-<random>` beside the dataset folder or package file."""
-    return output.with_name(f".{output.name}.partial-{uuid.uuid4().hex[:8]}")
+def _stage_path(output: Path, key: str) -> Path:
+    """`.<output name>.partial-<key>` beside the dataset folder or package file."""
+    return output.with_name(f".{output.name}.partial-{key}")
 
 
-def _remove_leftovers(output: Path) -> None:
-    """Staging folders and files of earlier runs into `output` that were killed (the caller
-    holds the target's lock, so no run of this target is using them)."""
+def _remove_leftovers(output: Path, keep: Optional[Path] = None) -> None:
+    """Staging folders and files of earlier runs into `output` that were killed, but `keep`
+    (the caller holds the target's lock, so no run of this target is using them)."""
     for leftover in output.parent.glob(f".{glob_escape(output.name)}.partial-*"):
+        if leftover == keep:
+            continue
         if leftover.is_dir() and not leftover.is_symlink():
+            if (leftover / CHECKPOINT_NAME).exists():
+                LOG.info("The unfinished work of an interrupted, different export into this "
+                         "target was discarded (%s).", leftover.name)
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
+
+
+def _remove_temporaries(stage: Path) -> None:
+    """Bundles a killed run was writing when it died (`.<name>.<id>.tmp`): written again."""
+    for folder, _, files in os.walk(stage):
+        for name in files:
+            if name.startswith(".") and name.endswith(".tmp"):
+                (Path(folder) / name).unlink(missing_ok=True)
 
 
 class PackageTarget(Target):
@@ -257,7 +308,7 @@ class PackageTarget(Target):
             self.existing = _open_existing(self.output_path)
             _check_scheme(scheme.with_storage(storage), self.existing, levels)
         _remove_leftovers(self.output_path)
-        self._stage: Optional[Path] = _stage_path(self.output_path)
+        self._stage: Optional[Path] = _stage_path(self.output_path, uuid.uuid4().hex[:16])
         super().__init__(self._stage / self._prefix, None)
         self._partial = self._stage.with_name(self._stage.name + ".zip")
         self._zip: Optional[ZipWriter] = ZipWriter(self._partial)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import CacheError
 from ..sources.local_cache import open_cache
-from .bundle_job import BundleResult
+from .bundle_result import BundleResult
 
 
 def verify_output(path: Path, results: list[BundleResult], exact: bool) -> str:

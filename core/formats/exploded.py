@@ -90,6 +90,23 @@ class ExplodedLayout(Layout):
         return sorted(self._block_paths(level, brow, bcol).values())
 
 
+def _row_folder(row: int) -> str:
+    return "R%08x" % row
+
+
+def block_files(level_dir: Path, brow: int, bcol: int) -> list[Path]:
+    """The tile files of one block under a level folder on disk (a stage being written)."""
+    files = []
+    for row in range(brow, brow + PACKET_SIZE):
+        row_dir = level_dir / _row_folder(row)
+        if row_dir.is_dir():
+            for path in row_dir.iterdir():
+                match = TILE_RE.match(path.name)
+                if match and bcol <= int(match.group(1), 16) < bcol + PACKET_SIZE:
+                    files.append(path)
+    return sorted(files)
+
+
 class ExplodedBlockWriter(BundleWriter):
     """Writes the tiles of one 128x128 block as files; unlisted tiles are left as they are.
 
@@ -103,7 +120,7 @@ class ExplodedBlockWriter(BundleWriter):
         self.count = 0
 
     def _tile_path(self, row: int, col: int, ext: str, base: Optional[Path] = None) -> Path:
-        return (base or self._dir) / ("R%08x" % row) / ("C%08x.%s" % (col, ext))
+        return (base or self._dir) / _row_folder(row) / ("C%08x.%s" % (col, ext))
 
     def add(self, row: int, col: int, data: bytes) -> None:
         ext = tile_extension(data)

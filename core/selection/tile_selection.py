@@ -3,6 +3,7 @@ polygon."""
 from __future__ import annotations
 
 import enum
+import hashlib
 import threading
 from typing import Callable, Optional
 
@@ -38,6 +39,11 @@ class Selection:
     def area_share(self) -> float:
         """The selected share of the window (to scale tile counts of huge windows)."""
         return 1.0
+
+    def identity(self) -> str:
+        """What is selected, as text: the same selection gives the same text (an export's
+        plan key, export/checkpoint.py)."""
+        return "all"
 
     def bounds(self) -> Optional[Extent]:
         return None
@@ -75,6 +81,9 @@ class ExtentSelection(Selection):
             raise CacheError("The export extent is empty (its width or height is zero).")
         self._scheme, self._extent = scheme, extent
         self._windows: dict[int, Optional[TileRange]] = {}
+
+    def identity(self) -> str:
+        return f"extent {self._extent}"
 
     def bounds(self) -> Optional[Extent]:
         return self._extent
@@ -115,6 +124,10 @@ class PolygonSelection(ExtentSelection):
         self._share = geometry.area / max(geometry.envelope.area, 1e-300)
         self._raster = PolygonRaster.from_geometry(geometry)
         self._clip = clip
+
+    def identity(self) -> str:
+        digest = hashlib.sha256(self._shape.wkb).hexdigest()
+        return f"polygon {digest} {'clipped' if self._clip else 'whole tiles'}"
 
     def _geometry(self):
         """The polygon prepared for fast predicates, one per thread: shapely 1.8's prepared

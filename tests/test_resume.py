@@ -1,0 +1,123 @@
+"""Resume (issue 13, item 2): an export into a cache dataset killed (-9, in a qgis_process of its
+own) part way leaves its stage and checkpoint; the same export run again keeps the bundles that
+were finished and are intact, downloads only the rest, says so, and ends byte for byte as an
+uninterrupted export. A bundle altered since is done again; a different export into the same
+place discards the stale work with a message. Nothing is left beside the target."""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cache_factory import changed_files, snapshot  # noqa: E402
+from conftest import QGIS_PROCESS  # noqa: E402
+from independent_readers import no_leftovers  # noqa: E402
+from test_http_export import SAMPLE, run_export  # noqa: E402
+
+from export_map_server_cache.core.export.checkpoint import CHECKPOINT_NAME  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("plugin_provider")
+
+ALG = "mapservercache:exportmapservercache"
+LEVELS = "0-5"  # the sample's six levels, one bundle each; level 5 holds 1,024 of 1,365 tiles
+BUNDLES = 6
+LATENCY = 0.02  # per tile request: the export takes seconds, so it can be killed part way
+KILL_AFTER = 3  # bundles recorded in the checkpoint
+
+
+def export_args(url: str, target: Path, levels: str = LEVELS) -> list[str]:
+    return ["run", ALG, "--", f"INPUT_SERVICE={url}", f"TARGET_CACHE_PATH={target}",
+            f"LEVELS={levels}", "STORAGE_FORMAT_TYPE=1", "LOAD_RESULT=false"]
+
+
+def finished_bundles(target: Path) -> int:
+    checkpoints = list(target.glob(f".*.partial-*/{CHECKPOINT_NAME}"))
+    if not checkpoints:
+        return 0
+    return max(0, len(checkpoints[0].read_text(encoding="utf-8").splitlines()) - 1)
+
+
+def kill_part_way(url: str, target: Path, env: dict) -> None:
+    """Start the export and kill it once KILL_AFTER bundles are recorded."""
+    process = subprocess.Popen([QGIS_PROCESS, *export_args(url, target)], env=env,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while finished_bundles(target) < KILL_AFTER and process.poll() is None:
+        assert time.monotonic() < deadline, "the export recorded no bundles"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL, "the export ended before the kill"
+    assert not (target / "world").exists()  # nothing in place yet
+    assert KILL_AFTER <= finished_bundles(target) < BUNDLES
+
+
+def run(args: list[str], env: dict) -> str:
+    done = subprocess.run([QGIS_PROCESS, *args], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def tile_requests(server) -> int:
+    return sum(1 for entry in server.log.entries() if entry.kind == "tile")
+
+
+@pytest.fixture
+def world(serve, tmp_path_factory):
+    """The served sample and an uninterrupted export of it (snapshot, tile requests)."""
+    server = serve({"world": SAMPLE}, latency=LATENCY)
+    reference = tmp_path_factory.mktemp("reference")
+    run_export({"INPUT_SERVICE": server.service_url("world"), "TARGET_CACHE_PATH":
+                str(reference), "LEVELS": LEVELS, "LOAD_RESULT": False})
+    requests = tile_requests(server)
+    server.log.clear()
+    return server, snapshot(reference), requests
+
+
+@pytest.fixture
+def killed(world, tmp_path, qgis_process_env):
+    """An export of the served sample killed part way: (server, the uninterrupted export's
+    snapshot, its tile requests, the target, the qgis_process environment, bundles kept)."""
+    server, reference, all_requests = world
+    env = qgis_process_env(tmp_path / "profile")
+    target = tmp_path / "target"
+    kill_part_way(server.service_url("world"), target, env)
+    server.log.clear()
+    return server, reference, all_requests, target, env, finished_bundles(target)
+
+
+def test_a_killed_export_resumes_where_it_stopped(killed):
+    server, reference, all_requests, target, env, kept = killed
+    output = run(export_args(server.service_url("world"), target), env)
+    found = re.search(r"Resuming: (\d+) of (\d+) bundles already done", output)
+    assert found and int(found.group(1)) == kept and int(found.group(2)) == BUNDLES, output
+    assert tile_requests(server) < all_requests  # the kept bundles' tiles were not asked again
+    assert changed_files(reference, snapshot(target)) == []  # byte for byte, nothing beside
+
+
+def test_a_bundle_altered_since_is_done_again(killed):
+    server, reference, _, target, env, kept = killed
+    bundle = sorted(target.glob(".*.partial-*/Layers/_alllayers/L00/*.bundle"))[0]
+    data = bytearray(bundle.read_bytes())
+    data[-1] ^= 0xFF
+    bundle.write_bytes(bytes(data))
+    output = run(export_args(server.service_url("world"), target), env)
+    assert f"Resuming: {kept - 1} of {BUNDLES} bundles already done" in output, output
+    assert changed_files(reference, snapshot(target)) == []
+
+
+def test_a_different_export_discards_the_stale_work(killed):
+    server, _, _, target, env, _ = killed
+    output = run(export_args(server.service_url("world"), target, levels="0-4"), env)
+    assert "Resuming" not in output
+    assert "interrupted, different export into this target was discarded" in output, output
+    assert no_leftovers(target) == []
+    assert sorted(path.name for path in (target / "world" / "Layers" / "_alllayers").iterdir()
+                  ) == [f"L0{level}" for level in range(5)]
