@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Optional
 
@@ -233,6 +234,11 @@ class ExportMapServerCacheAlgorithm(QgsProcessingAlgorithm):
         except CacheError as exc:
             raise QgsProcessingException(user_message(exc)) from None
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise QgsProcessingException(tr(
+                    "The disk holding the target folder is full ({}). The target was left as "
+                    "it was: free some space, or choose a target folder on another disk, and "
+                    "export again.").format(exc)) from None
             raise QgsProcessingException(tr(
                 "A file could not be read or written: {}. Nothing half-written was left in "
                 "the target.").format(exc)) from None
