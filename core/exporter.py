@@ -20,6 +20,7 @@ from .export.bundle_job import BundleJob
 from .export.bundle_result import BundleResult
 from .export.checkpoint import plan_key
 from .export.disk_space import check_free_space, stored_bytes
+from .export.kill_points import kill_point
 from .export.plan import plan_bundles
 from .export.pool import run_pool
 from .export.progress import ExportProgress
@@ -149,6 +150,7 @@ class Exporter:
                 + _describe_extent(self.source)
             )
         LOG.info("%d bundles to visit at levels %s.", len(tasks), _levels_text(self.levels))
+        kill_point("planned")
         name = self.options.name or self.source.name
         check_writable(self.options.target_dir)
         needed = self._expected_bytes
@@ -188,6 +190,7 @@ class Exporter:
             if self._is_canceled():
                 raise ExportCanceled("The export was canceled; the target was left unchanged.")
             new = target.existing is None
+            kill_point("bundles-written")
             target.finish(finish)
         except BaseException:
             target.abort()

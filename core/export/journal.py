@@ -12,23 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CacheError, Concern
 from ..formats.atomic_file import sync_folder, write_synced
+from .kill_points import kill_point
 
 LOG = logging.getLogger(__name__)
 MAX_JOURNAL_BYTES = 64 << 20  # a journal lists at most the bundles of one export
-# crash tests only (tests/test_crash_safety.py): the process kills itself (-9) before writing the
-# journal (-1) or after that many moves of its update (0: right after writing it)
-KILL_POINT = "EXPORT_MAP_SERVER_CACHE_KILL_AFTER_MOVES"
-
-
-def _kill_point(moves: int) -> None:
-    if os.environ.get(KILL_POINT) == str(moves):
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def journal_path(folder: Path) -> Path:
@@ -49,7 +41,7 @@ class Journal:
         except ValueError as exc:
             raise CacheError(f"The update of the target was stopped before it began: {exc}.",
                              Concern.TARGET) from exc
-        _kill_point(-1)
+        kill_point("journal")
         temporary = self.path.with_name(self.path.name + ".tmp")
         write_synced(temporary, json.dumps({"moves": self.moves,
                                             "removals": self.removals}).encode())
@@ -59,14 +51,14 @@ class Journal:
     def apply(self) -> None:
         """Move what is still staged and remove what is to go; may run again after a kill."""
         folders = set()
-        _kill_point(0)
+        kill_point("moved-0")
         for moved, (staged, final) in enumerate(self.moves, 1):
             destination = Path(final)
             if os.path.lexists(staged):
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staged, destination)
             folders.add(destination.parent)
-            _kill_point(moved)
+            kill_point(f"moved-{moved}")
         for name in self.removals:
             Path(name).unlink(missing_ok=True)
             folders.add(Path(name).parent)

@@ -45,6 +45,7 @@ from ..sources.source import CacheSource
 from .bundle_result import BundleResult
 from .checkpoint import CHECKPOINT_NAME, Bundle, Checkpoint, record_files
 from .journal import Journal, complete_interrupted, journal_path
+from .kill_points import kill_point
 
 LOG = logging.getLogger(__name__)
 
@@ -203,8 +204,8 @@ class DatasetTarget(Target):
     def finish(self, done: Finish) -> None:
         scheme = done.scheme.with_storage(self.storage)
         extent = _merged_extent(done, self.existing)
-        self._checkpoint.discard()
         if self.existing is None:
+            self._checkpoint.discard()  # the stage becomes the dataset
             layers = self._stage / "Layers"
             layers.mkdir(parents=True, exist_ok=True)
             (layers / "_alllayers").mkdir(exist_ok=True)
@@ -226,6 +227,7 @@ class DatasetTarget(Target):
         journal.moves.append((str(staged_cdi), str(Path(self.existing.location) / "conf.cdi")))
         self.existing.close()
         journal.write()
+        self._checkpoint.discard()  # past the point of no return: the stage is spent
         journal.apply()
         shutil.rmtree(self._stage)
         self._stage = None
@@ -364,8 +366,10 @@ class PackageTarget(Target):
             self._zip.write_bytes(arcname, data)
         self._zip.close(first=[name for name, _ in metadata])
         self._zip = None
+        kill_point("package-finished")
         os.replace(self._partial, self.output_path)
         sync_folder(self.output_path.parent)
+        kill_point("package-renamed")
         if self.existing is not None:
             self.existing.close()
         shutil.rmtree(self._stage, ignore_errors=True)
