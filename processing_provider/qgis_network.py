@@ -32,7 +32,6 @@ from qgis.PyQt.QtCore import (
     Qt,
     QThread,
     QThreadPool,
-    QTimer,
     QUrl,
 )
 from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
@@ -41,9 +40,6 @@ from ..core.sources.http_client import HttpResponse, ReplyLimits
 
 LOG = logging.getLogger(__name__)
 
-# how often a reply under way is looked at (_ReplyWatch): what comes in between is what a
-# reply over its limit can take beyond it (a few MB at loopback speed)
-WATCH_INTERVAL_MS = 10
 CLOSE_WAIT_S = 30.0
 
 
@@ -84,12 +80,12 @@ def _mib(size: int) -> str:
 class _ReplyWatch:
     """Holds one reply to its ReplyLimits while QgsBlockingNetworkRequest waits for it.
 
-    `check` runs from a timer of the request's own thread, whose event loop
-    QgsBlockingNetworkRequest spins, and finds the reply among the children of the thread's
-    network manager (one request at a time per thread). It only reads the reply's state and
-    posts an abort to it (QNetworkReply.abort finishes it; the request's own abort() in 3.22
-    leaves it waiting forever, qgis-notes §7): Python code holding the GIL must not make Qt
-    emit or disconnect (reply.abort(), setReadBufferSize, read all do), because other threads
+    `progress` runs on the request's own thread, from the request's downloadProgress signal,
+    as data comes in. Past a limit it finds the reply among the children of the thread's
+    network manager (one request at a time per thread) and posts an abort to it
+    (QNetworkReply.abort finishes it; the request's own abort() in 3.22 leaves it waiting
+    forever, qgis-notes §7). It only reads and posts: Python code holding the GIL must not make
+    Qt emit or disconnect (reply.abort(), setReadBufferSize, read all do), because other threads
     take the GIL while holding Qt's signal-slot locks (a deadlock seen on 3.22)."""
 
     def __init__(self, limits: ReplyLimits, deadline: Optional[float],
@@ -100,29 +96,23 @@ class _ReplyWatch:
         self.refused = ""
         self._aborted = False
 
-    def check(self) -> None:
+    def progress(self, received: int, total: int) -> None:
         if self._aborted:
             return
-        for reply in QgsNetworkAccessManager.instance().findChildren(QNetworkReply):
-            try:
-                if not reply.isFinished():
-                    self._check(reply)
-            except RuntimeError:  # a reply deleted since (a redirect's, an earlier request's)
-                continue
-
-    def _check(self, reply: QNetworkReply) -> None:
         if not self._canceled.is_set():
-            length = reply.header(QNetworkRequest.KnownHeaders.ContentLengthHeader)
-            if (reply.bytesAvailable() > self._limits.max_bytes
-                    or (length is not None and int(length) > self._limits.max_bytes)):
+            if max(received, total) > self._limits.max_bytes:
                 self._refuse_size()
             elif self._deadline is not None and time.monotonic() > self._deadline:
                 self.refused = f"reply not complete within {self._deadline_text}"
             else:
                 return
-        # run by the thread's event loop, outside Python
-        QMetaObject.invokeMethod(reply, "abort", Qt.ConnectionType.QueuedConnection)
         self._aborted = True
+        for reply in QgsNetworkAccessManager.instance().findChildren(QNetworkReply):
+            try:
+                if not reply.isFinished():  # run by the thread's event loop, outside Python
+                    QMetaObject.invokeMethod(reply, "abort", Qt.ConnectionType.QueuedConnection)
+            except RuntimeError:  # a reply deleted since (a redirect's, an earlier request's)
+                continue
 
     def check_size(self, size: int) -> None:
         """The whole reply's size: one that came between two looks is held to the limit too."""
@@ -134,39 +124,39 @@ class _ReplyWatch:
 
 
 class _ThreadNetwork:
-    """The Qt objects a pool thread makes all its requests with, made once when the thread is
-    prepared and kept until the pool is gone. Deleting or connecting a Python-made QObject
-    takes Qt's signal-slot locks while holding the GIL, and QgsBlockingNetworkRequest, deleting
-    its event loop, takes the GIL (a Python-made object's disconnectNotify) while holding one
-    of them: made per request, they deadlocked (seen on 3.22)."""
+    """The QgsBlockingNetworkRequest a pool thread makes all its requests with, made and
+    connected once when the thread is prepared and deleted on that thread when the transport
+    closes. Deleting or connecting a Python-made QObject takes Qt's signal-slot locks while
+    holding the GIL, and QgsBlockingNetworkRequest, deleting its event loop, takes the GIL (a
+    Python-made object's disconnectNotify) while holding one of them: made per request, with a
+    watch connected to each, they deadlocked (seen on 3.22)."""
 
     def __init__(self, authcfg: str):
         self.request = QgsBlockingNetworkRequest()
         if authcfg:
             self.request.setAuthCfg(authcfg)
-        self._timer = QTimer()
-        self._timer.timeout.connect(self._look)
+        self.request.downloadProgress.connect(self._progress)
         self._watch: Optional[_ReplyWatch] = None
 
-    def _look(self) -> None:
+    def _progress(self, received: int, total: int) -> None:
         """A slot: an exception escaping it would end the process (PyQt 5.5+)."""
         if self._watch is None:
             return
-        self._timer.setInterval(WATCH_INTERVAL_MS)
         try:
-            self._watch.check()
-        except Exception:  # noqa: BLE001 (logged; the request goes on unwatched this time)
+            self._watch.progress(received, total)
+        except Exception:  # noqa: BLE001 (logged; the request goes on unwatched)
             LOG.exception("Looking at a reply under way failed")
+
+    def close(self) -> None:
+        self.request.downloadProgress.disconnect(self._progress)
 
     def watched(self, watch: _ReplyWatch, send: Callable[[QgsBlockingNetworkRequest], int]
                 ) -> int:
-        """`send(request)` with `watch` looking at its reply all along."""
+        """`send(request)` with `watch` told of its reply's progress all along."""
         self._watch = watch
-        self._timer.start(0)  # the first look caps the read buffer before the body comes
         try:
             return send(self.request)
         finally:
-            self._timer.stop()
             self._watch = None
 
 
@@ -199,8 +189,9 @@ class QgisTransport:
         self._canceled = threading.Event()
         self._lock = threading.Lock()
         self._jobs: set[_Job] = set()
-        self._local = threading.local()
-        self._networks: list[_ThreadNetwork] = []  # deleted with the pool, never before
+        # per pool thread, by its OS thread id: threading.local would not do, as a pool thread's
+        # Python thread state (and its locals) goes whenever a job ends; deleted with the pool
+        self._networks: dict[int, _ThreadNetwork] = {}
         self._prepare_threads()
 
     def _prepare_threads(self) -> None:
@@ -262,15 +253,38 @@ class QgisTransport:
             self.idle()
         _RETIRED[:] = [retired for retired in _RETIRED if retired[0].activeThreadCount()]
         if self._pool.activeThreadCount():
-            _RETIRED.append((self._pool, self._networks))
+            _RETIRED.append((self._pool, list(self._networks.values())))
+        else:
+            self._tear_down_threads()
+
+    def _tear_down_threads(self) -> None:
+        """Each pool thread's network objects are deleted on that thread, now that no request
+        runs: deleted later from another thread (when the transport is collected), their Qt
+        halves crashed the thread that collected them (seen on 3.22)."""
+        networks, self._networks = self._networks, {}
+        done = threading.Barrier(len(networks) + 1, timeout=60)
+
+        def tear_down() -> None:
+            network = networks.pop(threading.get_ident(), None)
+            if network is not None:
+                network.close()
+            del network  # the last reference: deleted here, on its own thread
+            done.wait()  # holds this thread, so that every thread gets one of these
+
+        futures = [self.submit(tear_down) for _ in range(len(networks))]
+        done.wait()
+        for future in futures:
+            future.result()
 
     def _thread_network(self) -> _ThreadNetwork:
         """This pool thread's network objects (made when the thread was prepared)."""
-        network = self._local.__dict__.get("network")
+        thread = threading.get_ident()
+        with self._lock:
+            network = self._networks.get(thread)
         if network is None:
-            network = self._local.network = _ThreadNetwork(self._authcfg)
+            network = _ThreadNetwork(self._authcfg)
             with self._lock:
-                self._networks.append(network)
+                self._networks[thread] = network
         return network
 
     def get(self, url: str, headers: dict[str, str], limits: ReplyLimits) -> HttpResponse:

@@ -92,3 +92,21 @@ def test_the_tile_size_cap_is_adjustable(serve, tmp_path):
                             "MAX_TILE_SIZE_MB": 0.02})  # 20 KiB: the sample's tiles are larger
     assert "could not be downloaded" in message and "reply larger than 0.02 MiB" in message, \
         message
+
+
+def test_each_pool_thread_makes_its_network_objects_once(serve):
+    """The watch's deadlock fix rests on this: a pool thread's QgsBlockingNetworkRequest and
+    QTimer are made once, not per request (Python-made QObjects made, connected or deleted
+    per request deadlocked against the GIL on 3.22)."""
+    from export_map_server_cache.core.sources.http_client import ReplyLimits
+    from export_map_server_cache.processing_provider.qgis_network import QgisTransport
+
+    server = serve({"world": SAMPLE})
+    transport = QgisTransport(4)
+    try:
+        futures = [transport.submit(transport.get, server.service_url("world") + "/tile/0/0/0",
+                                    {}, ReplyLimits(1 << 20)) for _ in range(40)]
+        assert all(transport.result(future).status == 200 for future in futures)
+        assert len(transport._networks) == 4  # one per thread, made when it was prepared
+    finally:
+        transport.close()
