@@ -88,7 +88,7 @@ def download(url: str, out: Path, env: dict, kill_at: Optional[int] = None) -> f
     that many bundles are recorded (then the seconds until the kill)."""
     cmd = ["qgis_process.bin", "run", rb.ALGORITHM, "--", f"INPUT_SERVICE={url}",
            f"TARGET_CACHE_PATH={out}", "STORAGE_FORMAT_TYPE=1", "LOAD_RESULT=false",
-           "NUM_OF_CACHING_SERVICE_INSTANCES=8"]
+           "NUM_OF_CACHING_SERVICE_INSTANCES=8", "LEVELS=12-13", "MAX_TILE_COUNT=0"]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

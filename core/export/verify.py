@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import CacheError
 from ..sources.local_cache import open_cache
 from .bundle_result import BundleResult
@@ -57,13 +59,15 @@ def verify_output(path: Path, results: list[BundleResult], exact: bool) -> str:
 def _bad_records(reader, present: list[tuple[int, int]]) -> int:
     """Index entries whose record's u32 size prefix is missing or disagrees (0 for exploded
     tiles, which have no index)."""
-    bad = 0
-    for row, col in present:
-        try:
-            offset, size = reader.locate(row, col)
-        except NotImplementedError:
-            return 0
-        prefix = reader.pread(offset - 4, 4) if offset >= 4 else b""
-        if len(prefix) != 4 or int.from_bytes(prefix, "little") != size:
-            bad += 1
-    return bad
+    try:
+        located = np.array([reader.locate(row, col) for row, col in present],
+                           dtype=np.int64).reshape(-1, 2)
+    except NotImplementedError:
+        return 0
+    offsets, sizes = located[:, 0], located[:, 1]
+    inside = offsets >= 4
+    try:
+        prefixes = reader.size_prefixes(offsets[inside])
+    except CacheError:
+        return len(present)
+    return int((~inside).sum() + (prefixes != sizes[inside]).sum())

@@ -7,6 +7,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+import numpy as np
+
 
 class BundleReader(ABC):
     """The tiles of one bundle of a cache, read by row and column (absolute, at the level)."""
@@ -33,6 +35,11 @@ class BundleReader(ABC):
 
     def pread(self, offset: int, length: int) -> bytes:
         """Raw bytes of an indexed reader's bundle file (record runs)."""
+        raise NotImplementedError(f"{type(self).__name__} has no record file")
+
+    def size_prefixes(self, offsets: np.ndarray) -> np.ndarray:
+        """The u32 size prefixes of the records whose image bytes start at `offsets`, read at
+        once (an indexed reader's bundle file)."""
         raise NotImplementedError(f"{type(self).__name__} has no record file")
 
     @abstractmethod

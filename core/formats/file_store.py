@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import posixpath
 import shutil
@@ -12,6 +13,8 @@ import zipfile
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Optional, Protocol
+
+import numpy as np
 
 from ..errors import CacheError, CorruptCacheError
 
@@ -29,6 +32,8 @@ class ByteSource(Protocol):
     size: int
 
     def pread(self, offset: int, length: int) -> bytes: ...
+
+    def u32_at(self, offsets: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
 
@@ -53,6 +58,23 @@ class FileBytes:
         if len(data) != length:
             raise CorruptCacheError(f"{self.name}: unexpected end of file at offset {offset}.")
         return data
+
+    def u32_at(self, offsets: np.ndarray) -> np.ndarray:
+        """The little-endian u32 at each offset, gathered at once through a memory map: every
+        record's size prefix, read one by one, costs a system call each (a second per 80,000
+        tiles)."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if not len(offsets):
+            return np.zeros(0, dtype=np.uint32)
+        if offsets.min() < 0 or offsets.max() + 4 > self.size:
+            raise CorruptCacheError(f"{self.name}: a record's size prefix lies outside the file "
+                                    f"({self.size} bytes). The file is truncated or corrupt.")
+        with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            data = np.frombuffer(mapped, dtype=np.uint8)
+            gathered = data[(self._offset + offsets)[:, None] + np.arange(4)]  # a copy
+            del data  # the map cannot close while an array looks into it
+        return gathered.astype(np.uint32) @ np.array([1, 1 << 8, 1 << 16, 1 << 24],
+                                                     dtype=np.uint32)
 
     def close(self) -> None:
         self._file.close()

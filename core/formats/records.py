@@ -66,6 +66,9 @@ class RecordFileReader(BundleReader):
     def pread(self, offset: int, length: int) -> bytes:
         return self._data.pread(offset, length)
 
+    def size_prefixes(self, offsets: np.ndarray) -> np.ndarray:
+        return self._data.u32_at(np.asarray(offsets, dtype=np.int64) - 4)
+
     def close(self) -> None:
         self._data.close()
 
