@@ -13,8 +13,8 @@ Steps:
    cache to a new Compact V2 dataset, to a new .tpkx, and merged into a full copy of itself
    (an update: staged, journaled and applied now; written in place before). Best of --repeat.
 3. Resume: scripts/arcgis_rest_server.py serves the cache; a full download of both levels into
-   a dataset is timed; then the same export is killed (-9) once half of its bundles are in its
-   checkpoint and run again, and the rerun is timed.
+   a dataset is timed; then the same export is killed (-9) half way through that time and run
+   again, and the rerun is timed (--resume-only: this step alone).
 4. A table is printed; the figures go to the "safety" section of bench/results.json.
 """
 from __future__ import annotations
@@ -83,21 +83,21 @@ def checkpoint_lines(target: Path) -> int:
     return len(found[0].read_text().splitlines()) - 1 if found else 0
 
 
-def download(url: str, out: Path, env: dict, kill_at: Optional[int] = None) -> float:
-    """Seconds of a download of both levels into a dataset; with `kill_at`, killed (-9) once
-    that many bundles are recorded (then the seconds until the kill)."""
+def download(url: str, out: Path, env: dict, kill_after: Optional[float] = None) -> float:
+    """Seconds of a download of both levels into a dataset; with `kill_after`, killed (-9)
+    after that many seconds (then the seconds until the kill)."""
     cmd = ["qgis_process.bin", "run", rb.ALGORITHM, "--", f"INPUT_SERVICE={url}",
            f"TARGET_CACHE_PATH={out}", "STORAGE_FORMAT_TYPE=1", "LOAD_RESULT=false",
            "NUM_OF_CACHING_SERVICE_INSTANCES=8", "LEVELS=12-13", "MAX_TILE_COUNT=0"]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    if kill_at is None:
+    if kill_after is None:
         output = proc.communicate()[0]
         if proc.returncode:
             raise SystemExit(f"the download failed:\n{output[-3000:]}")
         return time.perf_counter() - started
-    while checkpoint_lines(out) < kill_at and proc.poll() is None:
+    while time.perf_counter() - started < kill_after and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -114,6 +114,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--before", default="6998b0c",
                         help="the engine before the safety work (issue 13)")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results.json")
+    parser.add_argument("--resume-only", action="store_true", help="step 3 alone")
     args = parser.parse_args(argv)
     work = args.work.resolve()
     rb.SCRATCH = work / "tmp"
@@ -126,41 +127,42 @@ def main(argv: Optional[list[str]] = None) -> int:
     times: dict[str, dict[str, list[float]]] = {name: {} for name in engines}
     with tempfile.TemporaryDirectory(dir=rb.SCRATCH) as tmp:
         envs = {name: env_for(plugins, Path(tmp) / name) for name, plugins in engines.items()}
-        base = out / "base"
-        export(cache, base, envs["now"], package=False)  # the target of the updates
-        for _ in range(args.repeat):
-            for name, env in envs.items():  # alternately: the machine's drift hits both
-                for job, seconds in (("dataset", export(cache, out / "d", env, False)),
-                                     ("tpkx", export(cache, out / "p", env, True)),
-                                     ("update", update(cache, out / "u", base, env))):
-                    times[name].setdefault(job, []).append(seconds)
-                    print(f"  {name:<6} {job:<8} {seconds:6.2f} s", flush=True)
+        if not args.resume_only:
+            base = out / "base"
+            export(cache, base, envs["now"], package=False)  # the target of the updates
+            for _ in range(args.repeat):
+                for name, env in envs.items():  # alternately: the machine's drift hits both
+                    for job, seconds in (("dataset", export(cache, out / "d", env, False)),
+                                         ("tpkx", export(cache, out / "p", env, True)),
+                                         ("update", update(cache, out / "u", base, env))):
+                        times[name].setdefault(job, []).append(seconds)
+                        print(f"  {name:<6} {job:<8} {seconds:6.2f} s", flush=True)
         with rh.rest_server(cache["path"], 0.0, out / "server.log") as server:
             env = envs["now"]
             full = download(server.url, out / "full", env)
             print(f"  download, full        {full:6.2f} s", flush=True)
-            bundles = sum(1 for _ in (Path(cache["path"]) / "_alllayers").rglob("*.bundle"))
             target = out / "resumed"
             if target.exists():
                 shutil.rmtree(target)
-            killed = download(server.url, target, env, kill_at=bundles // 2)
+            killed = download(server.url, target, env, kill_after=full / 2)
+            kept = checkpoint_lines(target)
             rerun = download(server.url, target, env)
-            print(f"  download, killed at {bundles // 2} of {bundles} bundles after "
-                  f"{killed:.2f} s; rerun {rerun:.2f} s ({rerun / full:.0%} of a full run)",
-                  flush=True)
-    best = {name: {job: min(runs) for job, runs in jobs.items()} for name, jobs in times.items()}
+            print(f"  download, killed after {killed:.2f} s with {kept} bundles done; rerun "
+                  f"{rerun:.2f} s ({rerun / full:.0%} of a full run)", flush=True)
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
-    results["safety"] = {
-        "before": args.before, "repeat": args.repeat, "best_seconds": best,
-        "all_seconds": times,
-        "download": {"full_s": full, "killed_after_s": killed, "rerun_s": rerun,
-                     "bundles": bundles, "killed_at_bundles": bundles // 2},
-    }
+    safety = results.setdefault("safety", {})
+    safety["download"] = {"full_s": full, "killed_after_s": killed, "rerun_s": rerun,
+                          "bundles_done_at_kill": kept}
+    if not args.resume_only:
+        best = {name: {job: min(runs) for job, runs in jobs.items()}
+                for name, jobs in times.items()}
+        safety.update({"before": args.before, "repeat": args.repeat, "best_seconds": best,
+                       "all_seconds": times})
+        print(f"{'job':<10}{'before':>10}{'now':>10}{'change':>10}")
+        for job in best["now"]:
+            before, now = best["before"][job], best["now"][job]
+            print(f"{job:<10}{before:>9.2f}s{now:>9.2f}s{(now / before - 1):>+10.0%}")
     args.results.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{'job':<10}{'before':>10}{'now':>10}{'change':>10}")
-    for job in best["now"]:
-        before, now = best["before"][job], best["now"][job]
-        print(f"{job:<10}{before:>9.2f}s{now:>9.2f}s{(now / before - 1):>+10.0%}")
     shutil.rmtree(out)
     return 0
 
