@@ -20,6 +20,8 @@ from ..errors import CacheError, CorruptCacheError
 
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
 INFLATE_CHUNK = 1 << 20
+MAP_WINDOW = 16 << 20  # u32_at maps this much of a file at a time (a multiple of any page size)
+U32_WEIGHTS = np.array([1, 1 << 8, 1 << 16, 1 << 24], dtype=np.uint32)  # little-endian bytes
 MAX_SMALL_MEMBER = 64 << 20  # root.json, conf.xml, iteminfo.xml...: read into memory
 MAX_RATIO = 200  # inflated/compressed beyond this (and beyond RATIO_FLOOR bytes): a zip bomb
 RATIO_FLOOR = 16 << 20
@@ -60,21 +62,31 @@ class FileBytes:
         return data
 
     def u32_at(self, offsets: np.ndarray) -> np.ndarray:
-        """The little-endian u32 at each offset, gathered at once through a memory map: every
-        record's size prefix, read one by one, costs a system call each (a second per 80,000
-        tiles)."""
+        """The little-endian u32 at each offset, gathered through a memory map window by window
+        (MAP_WINDOW at a time, so the mapped pages never add up to the file): every record's
+        size prefix, read one by one, costs a system call each (a second per 80,000 tiles)."""
         offsets = np.asarray(offsets, dtype=np.int64)
+        values = np.zeros(len(offsets), dtype=np.uint32)
         if not len(offsets):
-            return np.zeros(0, dtype=np.uint32)
+            return values
         if offsets.min() < 0 or offsets.max() + 4 > self.size:
             raise CorruptCacheError(f"{self.name}: a record's size prefix lies outside the file "
                                     f"({self.size} bytes). The file is truncated or corrupt.")
-        with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            data = np.frombuffer(mapped, dtype=np.uint8)
-            gathered = data[(self._offset + offsets)[:, None] + np.arange(4)]  # a copy
-            del data  # the map cannot close while an array looks into it
-        return gathered.astype(np.uint32) @ np.array([1, 1 << 8, 1 << 16, 1 << 24],
-                                                     dtype=np.uint32)
+        where = self._offset + offsets
+        order = np.argsort(where, kind="stable")
+        where = where[order]
+        starts, firsts = np.unique(where // MAP_WINDOW * MAP_WINDOW, return_index=True)
+        file_size = os.fstat(self._file.fileno()).st_size
+        for start, first, last in zip(starts.tolist(), firsts.tolist(),
+                                      [*firsts[1:].tolist(), len(where)]):
+            length = min(MAP_WINDOW + 4, file_size - start)
+            with mmap.mmap(self._file.fileno(), length, offset=start,
+                           access=mmap.ACCESS_READ) as mapped:
+                data = np.frombuffer(mapped, dtype=np.uint8)
+                picked = data[(where[first:last] - start)[:, None] + np.arange(4)]  # a copy
+                del data  # the map cannot close while an array looks into it
+            values[order[first:last]] = picked.astype(np.uint32) @ U32_WEIGHTS
+        return values
 
     def close(self) -> None:
         self._file.close()
