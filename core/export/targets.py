@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import CacheError
-from ..formats.atomic_file import sync_folder, write_synced
+from ..formats.atomic_file import is_temporary, sync_folder, write_synced
 from ..formats.bundle import BundleWriter
 from ..formats.compact_v1 import BundleV1Reader, BundleV1Writer
 from ..formats.compact_v2 import BundleV2Reader, BundleV2Writer
@@ -278,7 +278,7 @@ def _remove_temporaries(stage: Path) -> None:
     """Bundles a killed run was writing when it died (`.<name>.<id>.tmp`): written again."""
     for folder, _, files in os.walk(stage):
         for name in files:
-            if name.startswith(".") and name.endswith(".tmp"):
+            if is_temporary(name):
                 (Path(folder) / name).unlink(missing_ok=True)
 
 

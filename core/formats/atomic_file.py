@@ -46,6 +46,12 @@ def write_synced(path: Path, data: bytes) -> None:
         out.abort()
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is an AtomicFile's work in progress (`.<name>.<id>.tmp`), which a
+    killed process leaves behind."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 class AtomicFile:
     """A file written beside its final name, fsynced, then renamed into place (and the rename
     synced): after a crash the path holds the old content or the new, never a part."""
