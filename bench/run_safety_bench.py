@@ -14,7 +14,7 @@ Steps:
    (an update: staged, journaled and applied now; written in place before). Best of --repeat.
 3. Resume: scripts/arcgis_rest_server.py serves the cache; a full download of both levels into
    a dataset is timed; then the same export is killed (-9) half way through that time and run
-   again, and the rerun is timed (--resume-only: this step alone).
+   again, and the rerun is timed (--resume-only: this step alone; --cost-only: without it).
 4. A table is printed; the figures go to the "safety" section of bench/results.json.
 """
 from __future__ import annotations
@@ -106,6 +106,23 @@ def download(url: str, out: Path, env: dict, kill_after: Optional[float] = None)
     return time.perf_counter() - started
 
 
+def resume(cache: dict, out: Path, env: dict) -> dict:
+    """Step 3: a full download, then the same killed half way and run again."""
+    with rh.rest_server(cache["path"], 0.0, out / "server.log") as server:
+        full = download(server.url, out / "full", env)
+        print(f"  download, full        {full:6.2f} s", flush=True)
+        target = out / "resumed"
+        if target.exists():
+            shutil.rmtree(target)
+        killed = download(server.url, target, env, kill_after=full / 2)
+        kept = checkpoint_lines(target)
+        rerun = download(server.url, target, env)
+        print(f"  download, killed after {killed:.2f} s with {kept} bundles done; rerun "
+              f"{rerun:.2f} s ({rerun / full:.0%} of a full run)", flush=True)
+    return {"full_s": full, "killed_after_s": killed, "rerun_s": rerun,
+            "bundles_done_at_kill": kept}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=80_000)
@@ -115,6 +132,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="the engine before the safety work (issue 13)")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--resume-only", action="store_true", help="step 3 alone")
+    parser.add_argument("--cost-only", action="store_true", help="step 2 alone")
     args = parser.parse_args(argv)
     work = args.work.resolve()
     rb.SCRATCH = work / "tmp"
@@ -125,6 +143,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     out.mkdir(exist_ok=True)
     engines = {"before": engine_at(work, args.before), "now": REPO / "build" / "plugins"}
     times: dict[str, dict[str, list[float]]] = {name: {} for name in engines}
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    safety = results.setdefault("safety", {})
     with tempfile.TemporaryDirectory(dir=rb.SCRATCH) as tmp:
         envs = {name: env_for(plugins, Path(tmp) / name) for name, plugins in engines.items()}
         if not args.resume_only:
@@ -137,22 +157,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                          ("update", update(cache, out / "u", base, env))):
                         times[name].setdefault(job, []).append(seconds)
                         print(f"  {name:<6} {job:<8} {seconds:6.2f} s", flush=True)
-        with rh.rest_server(cache["path"], 0.0, out / "server.log") as server:
-            env = envs["now"]
-            full = download(server.url, out / "full", env)
-            print(f"  download, full        {full:6.2f} s", flush=True)
-            target = out / "resumed"
-            if target.exists():
-                shutil.rmtree(target)
-            killed = download(server.url, target, env, kill_after=full / 2)
-            kept = checkpoint_lines(target)
-            rerun = download(server.url, target, env)
-            print(f"  download, killed after {killed:.2f} s with {kept} bundles done; rerun "
-                  f"{rerun:.2f} s ({rerun / full:.0%} of a full run)", flush=True)
-    results = json.loads(args.results.read_text()) if args.results.exists() else {}
-    safety = results.setdefault("safety", {})
-    safety["download"] = {"full_s": full, "killed_after_s": killed, "rerun_s": rerun,
-                          "bundles_done_at_kill": kept}
+        if not args.cost_only:
+            safety["download"] = resume(cache, out, envs["now"])
     if not args.resume_only:
         best = {name: {job: min(runs) for job, runs in jobs.items()}
                 for name, jobs in times.items()}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import CacheError
-from ..formats.atomic_file import is_temporary, sync_folder, write_synced
+from ..formats.atomic_file import is_temporary, sync_folder, sync_tree, write_synced
 from ..formats.bundle import BundleWriter
 from ..formats.compact_v1 import BundleV1Reader, BundleV1Writer
 from ..formats.compact_v2 import BundleV2Reader, BundleV2Writer
@@ -212,6 +212,7 @@ class DatasetTarget(Target):
             lods = scheme.gdal_readable_lods(done.levels)
             write_synced(layers / "conf.xml", write_conf_xml(scheme, lods))
             write_synced(layers / "conf.cdi", write_conf_cdi(extent, scheme.spatial_reference))
+            sync_tree(self._stage)  # the bundles, durable before the rename shows them
             if self._folder.exists():
                 self._folder.rmdir()
             os.replace(self._stage, self._folder)
@@ -226,6 +227,7 @@ class DatasetTarget(Target):
                           [str(path) for path in done.deferred_removals])
         journal.moves.append((str(staged_cdi), str(Path(self.existing.location) / "conf.cdi")))
         self.existing.close()
+        sync_tree(self._stage)  # the staged bundles, durable before the journal points at them
         journal.write()
         self._checkpoint.discard()  # past the point of no return: the stage is spent
         journal.apply()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import EngineBug
+from .atomic_file import start_writeback
 from .crc32_combine import crc32_combine
 from .file_store import FileBytes
 
@@ -121,9 +122,12 @@ class _RegionHandle:
         return crc
 
     def write_header(self, header: bytes) -> None:
-        """The member's local header, just before the region."""
+        """The member's local header, just before the region: the member is complete, so its
+        write-back starts (the package is synced whole when closed)."""
         self._file.seek(self._base - len(header))
         self._file.write(header)
+        self._file.flush()
+        start_writeback(self._file.fileno(), self._base - len(header), len(header) + self._size)
 
     def close(self) -> None:
         self._file.close()
