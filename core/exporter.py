@@ -125,7 +125,7 @@ class Exporter:
         scheme = self.source.scheme
         if self.options.package:
             return PackageTarget(self.options.target_dir, name, self.options.storage, scheme,
-                                 self.levels)
+                                 self.levels, self._plan_key())
         return DatasetTarget(self.options.target_dir, name, self.options.storage, scheme,
                              self.levels, self._plan_key())
 
@@ -154,8 +154,11 @@ class Exporter:
         name = self.options.name or self.source.name
         check_writable(self.options.target_dir)
         needed = self._expected_bytes
-        check_free_space(self.options.target_dir, needed if needed is not None
-                         else stored_bytes(self.source, tasks))
+        if needed is None:
+            needed = stored_bytes(self.source, tasks)
+        elif self.options.package:  # the downloaded tiles wait beside it until it is complete
+            needed *= 2
+        check_free_space(self.options.target_dir, needed)
         with TargetLock(target_location(self.options.target_dir, name, self.options.storage,
                                         self.options.package)):
             return self._export_into(self._target(), tasks, started)
@@ -208,6 +211,10 @@ class Exporter:
                 ) -> list[BundleResult]:
         """The bundles a killed run of this same export finished (intact) are kept; the rest
         are done now."""
+        spooled = self.source.layout.keep_downloads(target.download_folder)
+        if spooled:
+            self._report(f"Resuming: the tiles an interrupted run of this export downloaded for "
+                         f"{spooled} bundle(s) are used, not downloaded again.")
         done = target.finished_before()
         if done:
             kept = [task for task in tasks if task in done]
@@ -338,6 +345,8 @@ class Exporter:
         def work(task: tuple[int, int, int]) -> BundleResult:
             result = job.run(*task)
             target.bundle_finished(result)
+            if target.resumes_bundles:
+                layout.drop_download(*task)
             return result
 
         run_pool(work, tasks, workers, on_result, layout.idle, tick, on_failure)

@@ -189,7 +189,9 @@ class RequestLog:
             self._entries.append(record)
             self._cond.notify_all()
 
-    def _wait_idle(self, timeout: float) -> bool:
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every request under way was answered within `timeout` seconds (a killed
+        client's last requests are logged once the server gives up on them)."""
         with self._cond:
             return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
 
@@ -505,7 +507,7 @@ class ArcGISRestServer:
         self._httpd.server_close()
         self._httpd.drop_connections()
         self._thread.join()
-        self.log._wait_idle(5.0)
+        self.log.wait_idle(5.0)
         self.jobs.close()
         for service in self._services.values():
             service.close()

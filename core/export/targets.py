@@ -50,6 +50,7 @@ from .kill_points import kill_point
 LOG = logging.getLogger(__name__)
 
 COPY_CHUNK = 16 << 20  # large copies: small ones cost more than the disk does (bench/)
+DOWNLOADS = "downloads"  # in a stage: the downloaded tiles of bundles not yet written
 
 
 @dataclass
@@ -114,6 +115,11 @@ class Target(ABC):
     output_path: Path
     existing: Optional[CacheSource] = None
     profile = "spec"
+    # where downloaded tiles wait for their bundle, kept for a resume (None: nowhere)
+    download_folder: Optional[Path] = None
+    # a finished bundle is kept for a resume (its downloads are then dropped); a package's
+    # bundles are not, so its downloads are kept until the package is complete
+    resumes_bundles = False
 
     def __init__(self, work_alllayers: Path, final_alllayers: Optional[Path]):
         self.work_alllayers = work_alllayers
@@ -156,6 +162,8 @@ def _merged_extent(done: Finish, existing: Optional[CacheSource]) -> Extent:
 class DatasetTarget(Target):
     """`<target>/<name>/Layers/{conf.xml, conf.cdi, _alllayers}`."""
 
+    resumes_bundles = True
+
     def __init__(self, target_dir: Path, name: str, storage: StorageFormat,
                  scheme: TilingScheme, levels: list[int], plan_key: str):
         self.storage = storage
@@ -168,6 +176,7 @@ class DatasetTarget(Target):
             shutil.rmtree(self._stage, ignore_errors=True)  # its work is in the target now
         _remove_leftovers(self._folder, keep=self._stage)
         _remove_temporaries(self._stage)
+        self.download_folder = self._stage / DOWNLOADS
         self._checkpoint = Checkpoint(self._stage, plan_key)
         if (self.output_path / "conf.xml").exists():
             self.existing = _open_existing(self.output_path)
@@ -204,6 +213,7 @@ class DatasetTarget(Target):
     def finish(self, done: Finish) -> None:
         scheme = done.scheme.with_storage(self.storage)
         extent = _merged_extent(done, self.existing)
+        shutil.rmtree(self.download_folder, ignore_errors=True)  # spent (normally empty)
         if self.existing is None:
             self._checkpoint.discard()  # the stage becomes the dataset
             layers = self._stage / "Layers"
@@ -268,12 +278,26 @@ def _remove_leftovers(output: Path, keep: Optional[Path] = None) -> None:
         if leftover == keep:
             continue
         if leftover.is_dir() and not leftover.is_symlink():
-            if (leftover / CHECKPOINT_NAME).exists():
+            if (leftover / CHECKPOINT_NAME).exists() or (leftover / DOWNLOADS).exists():
                 LOG.info("The unfinished work of an interrupted, different export into this "
                          "target was discarded (%s).", leftover.name)
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
+
+
+def _keep_only_downloads(stage: Path) -> None:
+    """A package's stage left by a killed run of the same export: its downloaded tiles are
+    kept (the package itself is written again)."""
+    if not stage.is_dir() or stage.is_symlink():
+        return
+    for entry in stage.iterdir():
+        if entry.name == DOWNLOADS and entry.is_dir() and not entry.is_symlink():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _remove_temporaries(stage: Path) -> None:
@@ -295,7 +319,7 @@ class PackageTarget(Target):
     """
 
     def __init__(self, target_dir: Path, name: str, storage: StorageFormat,
-                 scheme: TilingScheme, levels: list[int]):
+                 scheme: TilingScheme, levels: list[int], plan_key: str):
         if storage is StorageFormat.EXPLODED:
             raise CacheError(
                 "A tile package cannot hold an Exploded cache: write Compact (.tpk) or "
@@ -311,8 +335,11 @@ class PackageTarget(Target):
         if self.output_path.exists():
             self.existing = _open_existing(self.output_path)
             _check_scheme(scheme.with_storage(storage), self.existing, levels)
-        _remove_leftovers(self.output_path)
-        self._stage: Optional[Path] = _stage_path(self.output_path, uuid.uuid4().hex[:16])
+        # named for the export: the same export run again finds the tiles it downloaded
+        self._stage: Optional[Path] = _stage_path(self.output_path, plan_key)
+        _remove_leftovers(self.output_path, keep=self._stage)
+        _keep_only_downloads(self._stage)
+        self.download_folder = self._stage / DOWNLOADS
         super().__init__(self._stage / self._prefix, None)
         self._partial = self._stage.with_name(self._stage.name + ".zip")
         self._zip: Optional[ZipWriter] = ZipWriter(self._partial)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Callable, Optional, Union
 
 from ..errors import CorruptCacheError
@@ -68,6 +69,14 @@ class Layout(ABC):
 
     def idle(self) -> None:  # noqa: B027 (a hook: local layouts have nothing to do)
         """Called while the exporter waits: a remote layout lets the event loop run."""
+
+    def keep_downloads(self, folder: Optional[Path]) -> int:
+        """Where a remote layout keeps downloaded tiles for a resume (download_spool.py);
+        returns how many bundles have tiles there already. Local layouts download nothing."""
+        return 0
+
+    def drop_download(self, level: int, brow: int, bcol: int) -> None:  # noqa: B027 (a hook)
+        """The bundle is safely written: its kept downloads are no longer needed."""
 
     def tiles_received(self) -> dict[int, int]:
         """Tiles fetched so far per level (downloads report progress inside a bundle); none

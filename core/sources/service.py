@@ -2,23 +2,25 @@
 
 The service's bundles are the ones its extent (or the export's window) touches; a bundle is
 downloaded when the exporter opens it: the tilemap (where the service has one) says which of the
-wanted tiles exist, the tiles are fetched in parallel on the transport's threads and spooled to a
-temporary file as size-prefixed records, so the bundle then reads like a local compact bundle.
+wanted tiles exist, the tiles are fetched in parallel on the transport's threads and spooled
+(download_spool.py: in the export's stage when the target keeps them for a resume), so the
+bundle then reads like a local compact bundle.
 """
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import CacheError, Concern, DownloadFailed, ExportCanceled, ServiceAuthError
 from ..formats.layout import Layout, Wanted, level_folder
-from ..formats.records import PREFIX, RecordFileReader
+from ..formats.records import RecordFileReader
 from ..grid.json_values import int_or
 from ..grid.tiling_scheme import TileRange, TilingScheme, bundle_range
+from .download_spool import SPOOL_SUFFIX, DownloadSpool, spool_name
 from .http_client import FetchPolicy, ServiceClient, TileFailed, Transport
 from .service_json import parse_extent, scheme_from_service_json
 from .service_url import ServiceUrl, parse_service_url
@@ -141,6 +143,20 @@ class ServiceLayout(Layout):
         # tiles fetched while estimating, kept so that the export does not ask for them again
         self._fetched: dict[tuple[int, int, int], Union[Optional[bytes], TileFailed]] = {}
         self._lock = threading.Lock()
+        self._downloads: Optional[Path] = None
+
+    def keep_downloads(self, folder: Optional[Path]) -> int:
+        """Spool each bundle's tiles in `folder` (a file per bundle, see `drop_download`) so
+        that a killed export run again need not download them again; returns how many bundles
+        have tiles there already."""
+        self._downloads = folder
+        if folder is None or not folder.is_dir():
+            return 0
+        return sum(1 for path in folder.iterdir() if path.name.endswith(SPOOL_SUFFIX))
+
+    def drop_download(self, level: int, brow: int, bcol: int) -> None:
+        if self._downloads is not None:
+            (self._downloads / spool_name(level, brow, bcol)).unlink(missing_ok=True)
 
     @property
     def tilemap_usable(self) -> bool:
@@ -312,7 +328,10 @@ class ServiceLayout(Layout):
         keys = self.present(level, self.wanted_tiles(level, brow, bcol, wanted))
         if not keys:
             return None
-        bundle = DownloadedBundle(self.client)
+        path = None if self._downloads is None else self._downloads / spool_name(level, brow,
+                                                                                  bcol)
+        spool = DownloadSpool(path, bundle_range(brow, bcol), self.client.policy.max_tile_bytes)
+        bundle = DownloadedBundle(self.client, spool)
         try:
             bundle.download(level, keys, self._take_fetched(level, keys))
         except BaseException:
@@ -394,52 +413,30 @@ class _BlockMap:
             self.mask >> ((row - self.window.row_min) * width + col - self.window.col_min) & 1)
 
 
-class _Spool:
-    """A temporary file of size-prefixed records: appended by one thread, then read."""
-
-    name = "download spool"
-
-    def __init__(self):
-        self._file = tempfile.TemporaryFile(prefix="mapservercache-")  # noqa: SIM115 - close()
-        self.size = 0
-
-    def append(self, data: bytes) -> int:
-        """Write one record; return the offset of its bytes."""
-        self._file.seek(self.size)
-        self._file.write(PREFIX.pack(len(data)) + data)
-        self.size += PREFIX.size + len(data)
-        return self.size - len(data)
-
-    def pread(self, offset: int, length: int) -> bytes:
-        self._file.seek(offset)
-        return self._file.read(length)
-
-    def close(self) -> None:
-        self._file.close()
-
-
 class DownloadedBundle(RecordFileReader):
-    """A bundle's tiles fetched into a spool of size-prefixed records, read like a local
-    compact bundle (so record runs are copied the same way)."""
+    """A bundle's tiles fetched into a spool (download_spool.py), read like a local compact
+    bundle (so record runs are copied the same way)."""
 
-    def __init__(self, client: ServiceClient):
+    def __init__(self, client: ServiceClient, spool: DownloadSpool):
         self._client = client
-        self._data = _Spool()
-        self._index: dict[tuple[int, int], tuple[int, int]] = {}
+        self._data = spool
 
     def download(self, level: int, keys: list[tuple[int, int]], fetched: dict) -> None:
-        """Fetch `keys` (those in `fetched` came earlier: bytes, None or a failure)."""
+        """Fetch `keys` but those the spool has from an interrupted run (those in `fetched`
+        came earlier: bytes, None or a failure)."""
         transport, client = self._client.transport, self._client
         in_flight: dict[Future, tuple[int, int]] = {}
-        queue = (key for key in keys if key not in fetched)
+        queue = (key for key in keys if key not in fetched and not self._data.has(key))
         limit = 2 * max(1, transport.concurrency)
         failure: Optional[BaseException] = None
+        with client.count_lock:  # tiles of an interrupted run count as received (progress)
+            client.tiles[level] += len(self._data.tiles)
         for key, data in fetched.items():
             if isinstance(data, TileFailed):
                 client.tally.add(data)
                 failure = failure or data
-            elif data is not None:
-                self._append(key, data)
+            elif not self._data.has(key):
+                self._data.append(key, data)
         while True:
             while failure is None and len(in_flight) < limit:
                 key = next(queue, None)
@@ -462,8 +459,7 @@ class DownloadedBundle(RecordFileReader):
                     if failure is None or isinstance(failure, TileFailed):
                         failure = exc
                     continue
-                if data is not None:
-                    self._append(key, data)
+                self._data.append(key, data)
             if client.stop.is_set():  # requests under way are left to finish on their own
                 raise ExportCanceled("The export was stopped.")
         if isinstance(failure, TileFailed):
@@ -472,11 +468,8 @@ class DownloadedBundle(RecordFileReader):
         if failure is not None:
             raise failure
 
-    def _append(self, key: tuple[int, int], data: bytes) -> None:
-        self._index[key] = (self._data.append(data), len(data))
-
     def present(self) -> list[tuple[int, int]]:
-        return sorted(self._index)
+        return sorted(self._data.tiles)
 
     def locate(self, row: int, col: int) -> tuple[int, int]:
-        return self._index[(row, col)]
+        return self._data.tiles[(row, col)]
