@@ -198,6 +198,10 @@ class Exporter:
         except BaseException:
             target.abort()
             raise
+        manifest = target.manifest()
+        if manifest:
+            self._report(f"Manifest of the {len(manifest)} bundle file(s) written, below "
+                         f"{target.output_path} (bytes, SHA-256, path):\n" + "\n".join(manifest))
         return ExportResult(
             output_path=target.output_path,
             tile_count=total,

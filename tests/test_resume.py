@@ -7,6 +7,7 @@ downloaded for bundles under way at the kill are not asked for again, for a data
 package."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -114,6 +115,26 @@ def test_a_killed_export_resumes_where_it_stopped(killed):
     assert found and int(found.group(1)) == kept and int(found.group(2)) == BUNDLES, output
     assert tile_requests(server) < all_requests  # the kept bundles' tiles were not asked again
     assert changed_files(reference, snapshot(target)) == []  # byte for byte, nothing beside
+    assert manifest_errors(output, target / "world" / "Layers") == []
+
+
+def manifest_errors(output: str, layers: Path) -> list[str]:
+    """What the log's manifest gets wrong about the dataset's bundle files (kept ones too)."""
+    found = re.search(r"Manifest of the (\d+) bundle file\(s\) written, below (.*) \(bytes, "
+                      r"SHA-256, path\):\n((?:\d+ [0-9a-f]{64} \S+\n?)+)", output)
+    assert found, output
+    listed = dict((path, (int(size), sha)) for size, sha, path in
+                  (line.split(" ") for line in found.group(3).strip().splitlines()))
+    files = {path.relative_to(layers).as_posix(): path
+             for path in layers.rglob("*.bundle")}
+    errors = [f"{path}: listed, not written" for path in listed.keys() - files.keys()]
+    errors += [f"{path}: written, not listed" for path in files.keys() - listed.keys()]
+    errors += [f"{path}: size or SHA-256" for path in listed.keys() & files.keys()
+               if listed[path] != (files[path].stat().st_size,
+                                   hashlib.sha256(files[path].read_bytes()).hexdigest())]
+    if int(found.group(1)) != len(listed) or Path(found.group(2)) != layers:
+        errors.append(f"heading: {found.group(1)} files below {found.group(2)}")
+    return errors
 
 
 def test_a_bundle_altered_since_is_done_again(killed):

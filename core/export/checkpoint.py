@@ -5,8 +5,9 @@ carries the export's plan key (what is exported, from where, how), so running th
 again finds it. Every bundle finished there is recorded in the stage's `checkpoint.jsonl`, a
 line at a time: its result and the size and SHA-256 of each of its files. A resumed run keeps
 the bundles whose files still match their record and does only the rest; the records are also
-the manifest of what was written. The stage, checkpoint included, goes when the export
-completes.
+the manifest of what was written (`manifest_line`, given in the log when the export completes:
+a file beside conf.xml is left out, as nothing shows that ArcGIS ignores one). The stage,
+checkpoint included, goes when the export completes.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, TextIO
 
+from ..formats.layout import bundle_name
 from ..grid.tiling_scheme import TileRange
 from .bundle_result import BundleResult
 
@@ -54,6 +56,21 @@ def record_files(stage: Path, files: Iterable[Path]) -> list[FileRecord]:
             for path in files]
 
 
+def manifest_line(result: BundleResult, files: list[FileRecord], prefix: str) -> list[str]:
+    """A finished bundle in the manifest: each of its files (size, SHA-256, path below
+    `prefix`); more than two (the tiles of an exploded block) as one line: their bytes, the
+    SHA-256 of their own lines, and the block, so the manifest has a line per bundle."""
+    lines = [f"{record.size} {record.sha256} {record.path.removeprefix(prefix)}"
+             for record in files]
+    if len(lines) <= 2:
+        return lines
+    level = Path(files[0].path.removeprefix(prefix)).parents[1]  # of _alllayers/L05/R../C..
+    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return [f"{sum(record.size for record in files)} {digest} "
+            f"{(level / bundle_name(result.brow, result.bcol)).as_posix()} (the block's "
+            f"{len(files)} tile files: SHA-256 of their own lines)"]
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -65,11 +82,13 @@ def _sha256(path: Path) -> str:
 class Checkpoint:
     """`<stage>/checkpoint.jsonl`: a first line naming the plan, then one line per bundle."""
 
-    def __init__(self, stage: Path, key: str):
+    def __init__(self, stage: Path, key: str, manifest_prefix: str):
         self.stage, self.key = stage, key
         self.path = stage / CHECKPOINT_NAME
         self._stream: Optional[TextIO] = None
         self._lock = threading.Lock()  # bundles are recorded by the workers that wrote them
+        self._prefix = manifest_prefix
+        self.manifest: list[str] = []  # a line or two per bundle (never per tile)
 
     def resume(self) -> dict[Bundle, BundleResult]:
         """The bundles an earlier run of this export finished and whose files are intact; the
@@ -86,12 +105,15 @@ class Checkpoint:
                 out.write(_line(result, files))
         os.replace(temporary, self.path)
         self._stream = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+        for _, files in kept.values():
+            self.manifest.extend(manifest_line(result, files, self._prefix))
         return {bundle: result for bundle, (result, _) in kept.items()}
 
     def record(self, result: BundleResult, files: list[FileRecord]) -> None:
         """A finished bundle (its files are already synced and in place in the stage)."""
         line = _line(result, files)
         with self._lock:
+            self.manifest.extend(manifest_line(result, files, self._prefix))
             if self._stream is not None:
                 self._stream.write(line)
                 self._stream.flush()

@@ -136,6 +136,11 @@ class Target(ABC):
     def bundle_done(self, level: int, brow: int, bcol: int) -> None:  # noqa: B027 (a hook)
         """Called in the export's thread when a worker has committed a bundle."""
 
+    def manifest(self) -> list[str]:
+        """After `finish`: the bundle files written (size, SHA-256, path), for the log; none
+        where the output checks itself (a package's members carry their CRC-32)."""
+        return []
+
     def finished_before(self) -> dict[Bundle, BundleResult]:
         """Bundles an interrupted (killed) run of the same export finished and left intact:
         kept, not done again."""
@@ -177,7 +182,7 @@ class DatasetTarget(Target):
         _remove_leftovers(self._folder, keep=self._stage)
         _remove_temporaries(self._stage)
         self.download_folder = self._stage / DOWNLOADS
-        self._checkpoint = Checkpoint(self._stage, plan_key)
+        self._checkpoint = Checkpoint(self._stage, plan_key, "Layers/")
         if (self.output_path / "conf.xml").exists():
             self.existing = _open_existing(self.output_path)
             _check_scheme(scheme.with_storage(storage), self.existing, levels)
@@ -199,6 +204,9 @@ class DatasetTarget(Target):
         """Recorded in the checkpoint with its files' sizes and SHA-256."""
         files = self._bundle_files(result) if result.touched else []
         self._checkpoint.record(result, record_files(self._stage, files))
+
+    def manifest(self) -> list[str]:
+        return sorted(self._checkpoint.manifest, key=lambda line: line.split(" ", 2)[2])
 
     def _bundle_files(self, result: BundleResult) -> list[Path]:
         """The files of a bundle as written in the stage (none for a bundle left empty)."""
