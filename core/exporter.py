@@ -304,6 +304,7 @@ class Exporter:
 
     def _run_tasks(self, target: Target, tasks: list[tuple[int, int, int]]
                    ) -> list[BundleResult]:
+        target.plan(tasks, self._stop)
         job = BundleJob(self.source.layout, target, self.selection, self._pixels,
                         self.options.storage, self.options.package, self.options.overwrite,
                         self._stop)
@@ -323,8 +324,6 @@ class Exporter:
                     f"{col}: {why}). FAIL_ON_DAMAGED_TILES is set, so the export stopped and the "
                     "target was left unchanged; clear it to export without the damaged tiles.")
             results.append(result)
-            if result.touched:
-                target.bundle_done(result.level, result.brow, result.bcol)
             tiles_done[result.level] += result.tiles
             line = tracker.bundle_done(result.level, result.tiles)
             if line:

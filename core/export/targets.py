@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from .bundle_result import BundleResult
 from .checkpoint import CHECKPOINT_NAME, Bundle, Checkpoint, record_files
 from .journal import Journal, complete_interrupted, journal_path
 from .kill_points import kill_point
+from .turnstile import Turnstile
 
 LOG = logging.getLogger(__name__)
 
@@ -133,8 +135,8 @@ class Target(ABC):
             self._final_alllayers,
         )
 
-    def bundle_done(self, level: int, brow: int, bcol: int) -> None:  # noqa: B027 (a hook)
-        """Called in the export's thread when a worker has committed a bundle."""
+    def plan(self, bundles: list[Bundle], stop: threading.Event) -> None:  # noqa: B027
+        """The bundles about to be done, in their order (a package takes them in it)."""
 
     def manifest(self) -> list[str]:
         """After `finish`: the bundle files written (size, SHA-256, path), for the log; none
@@ -359,34 +361,45 @@ class PackageTarget(Target):
         return [(self.work_alllayers / folder / (stem + suffix),
                  f"{self._prefix}/{folder}/{stem}{suffix}") for suffix in suffixes]
 
+    def plan(self, bundles: list[Bundle], stop: threading.Event) -> None:
+        self._turns = Turnstile(bundles, stop)
+
     def writer(self, level: int, brow: int, bcol: int, payload: Optional[int] = None):
+        """Room for the bundle is reserved in its turn (the plan's order), so that members sit
+        in the same order whichever worker gets there first; a bundle written again (without
+        its damaged tiles) goes at the end."""
         if payload is None:
             self._staged.add((level, brow, bcol))
             return super().writer(level, brow, bcol)
         sizes = bundle_file_sizes(self.storage, payload)
+        self._turns.wait((level, brow, bcol))
         regions = [self._zip.reserve(arcname, size)
                    for (_, arcname), size in zip(self._bundle_files(level, brow, bcol), sizes)]
+        self._turns.passed((level, brow, bcol))
         if self._v2:
             return BundleV2Writer(regions[0], self.profile)
         return BundleV1Writer(regions[0], regions[1], brow, bcol)
 
-    def bundle_done(self, level: int, brow: int, bcol: int) -> None:  # noqa: B027 (a hook)
-        """Copy a staged bundle (one whose size was not known in advance) into the package."""
-        if (level, brow, bcol) not in self._staged:
+    def bundle_finished(self, result: BundleResult) -> None:
+        """A staged bundle (one whose size was not known in advance) is copied into the
+        package, its room reserved in its turn; a bundle that wrote nothing passes its turn."""
+        bundle = (result.level, result.brow, result.bcol)
+        if bundle not in self._staged:
+            self._turns.passed(bundle)
             return
-        for path, arcname in self._bundle_files(level, brow, bcol):
-            if path.exists():
+        files = [(path, arcname) for path, arcname in self._bundle_files(*bundle)
+                 if path.exists()]
+        self._turns.wait(bundle)
+        regions = [self._zip.reserve(arcname, path.stat().st_size) for path, arcname in files]
+        self._turns.passed(bundle)
+        for (path, _), region in zip(files, regions):
+            try:
                 with open(path, "rb") as src:
-                    self._copy_in(arcname, path.stat().st_size, src)
-                path.unlink()
-
-    def _copy_in(self, arcname: str, size: int, src) -> None:
-        region = self._zip.reserve(arcname, size)
-        try:
-            shutil.copyfileobj(src, region.handle, COPY_CHUNK)
-            region.commit()
-        finally:
-            region.abort()
+                    shutil.copyfileobj(src, region.handle, COPY_CHUNK)
+                region.commit()
+            finally:
+                region.abort()
+            path.unlink()
 
     def finish(self, done: Finish) -> None:
         scheme = done.scheme.with_storage(self.storage)
