@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -151,6 +152,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--work", type=Path, default=BENCH / "work" / "desktop")
     parser.add_argument("--results", type=Path, default=BENCH / "results.json")
     args = parser.parse_args(argv)
+    if shutil.which("xvfb-run") is None:  # else the desktop runs fail after the first one
+        raise SystemExit("xvfb-run is missing: install it first (apt-get install xvfb).")
     args.work.mkdir(parents=True, exist_ok=True)
     top = int(args.levels.split("-")[-1])
     cache, tiles = build_cache(args.work, top)
