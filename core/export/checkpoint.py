@@ -105,7 +105,7 @@ class Checkpoint:
                 out.write(_line(result, files))
         os.replace(temporary, self.path)
         self._stream = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
-        for _, files in kept.values():
+        for result, files in kept.values():
             self.manifest.extend(manifest_line(result, files, self._prefix))
         return {bundle: result for bundle, (result, _) in kept.items()}
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import hashlib
 
 from export_map_server_cache.core.export.bundle_result import BundleResult
-from export_map_server_cache.core.export.checkpoint import FileRecord, manifest_line
+from export_map_server_cache.core.export.checkpoint import (
+    Checkpoint,
+    FileRecord,
+    manifest_line,
+    record_files,
+)
 
 
 def test_bundle_files_are_listed_one_by_one():
@@ -28,3 +33,24 @@ def test_an_exploded_block_is_one_line():
 
 def test_a_bundle_left_empty_has_no_line():
     assert manifest_line(BundleResult(1, 0, 0), [], "Layers/") == []
+
+
+def test_a_resumed_checkpoint_gives_each_kept_bundle_its_own_line(tmp_path):
+    """The manifest of bundles kept from an interrupted run names each block as recorded."""
+    stage = tmp_path / "stage"
+    first = Checkpoint(stage, "plan", "Layers/")
+    first.resume()
+    for bcol in (0, 128):
+        paths = []
+        for col in range(bcol, bcol + 3):
+            path = stage / "Layers" / "_alllayers" / "L05" / "R00000000" / f"C{col:08x}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"tile %d" % col)
+            paths.append(path)
+        first.record(BundleResult(5, 0, bcol, tiles=3), record_files(stage, paths))
+    first._stream.close()  # as a kill leaves it: every record flushed, the file not discarded
+    again = Checkpoint(stage, "plan", "Layers/")
+    assert len(again.resume()) == 2
+    assert sorted(line.split(" ")[2] for line in again.manifest) == [
+        "_alllayers/L05/R0000C0000", "_alllayers/L05/R0000C0080"]
+    again.discard()
