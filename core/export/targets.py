@@ -287,13 +287,19 @@ def _remove_leftovers(output: Path, keep: Optional[Path] = None) -> None:
     for leftover in output.parent.glob(f".{glob_escape(output.name)}.partial-*"):
         if leftover == keep:
             continue
-        if leftover.is_dir() and not leftover.is_symlink():
-            if (leftover / CHECKPOINT_NAME).exists() or (leftover / DOWNLOADS).exists():
-                LOG.info("The unfinished work of an interrupted, different export into this "
-                         "target was discarded (%s).", leftover.name)
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
+        if not leftover.is_symlink() and ((leftover / CHECKPOINT_NAME).exists()
+                                          or (leftover / DOWNLOADS).exists()):
+            LOG.info("The unfinished work of an interrupted, different export into this "
+                     "target was discarded (%s).", leftover.name)
+        _remove(leftover)
+
+
+def _remove(path: Path) -> None:
+    """A folder with what it holds, or a file (a link: itself, never what it points at)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _keep_only_downloads(stage: Path) -> None:
@@ -302,12 +308,8 @@ def _keep_only_downloads(stage: Path) -> None:
     if not stage.is_dir() or stage.is_symlink():
         return
     for entry in stage.iterdir():
-        if entry.name == DOWNLOADS and entry.is_dir() and not entry.is_symlink():
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        if entry.name != DOWNLOADS or entry.is_symlink() or not entry.is_dir():
+            _remove(entry)
 
 
 def _remove_temporaries(stage: Path) -> None:

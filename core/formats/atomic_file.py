@@ -31,17 +31,21 @@ class Output(Protocol):
     def discard_and_remove_target(self) -> None: ...
 
 
-def sync_folder(folder: Path) -> None:
-    """Make renames and new entries in `folder` durable (no-op where a folder cannot be opened:
-    Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make renames and new entries in `folder` durable (no-op where a folder cannot be opened:
+    Windows)."""
+    try:
+        _fsync_path(folder)
+    except OSError:
+        return
 
 
 def _sync_file_range():
@@ -71,11 +75,7 @@ def sync_tree(folder: Path) -> None:
     before a rename or a journal makes it visible."""
     for parent, _, files in os.walk(folder):
         for name in files:
-            fd = os.open(os.path.join(parent, name), os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_path(Path(parent, name))
         sync_folder(Path(parent))
 
 
